@@ -1,0 +1,73 @@
+"""Per-face latency of the mask classifier: Keras ``predict`` vs the served TFLite file.
+
+    python bench/classifier.py [--model model/] [--runs 200]
+
+Prints one table (median and p95 milliseconds per face, for batch 1 and 4) and the speed-up
+of TFLite over Keras measured in the same run, so machine noise affects both alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from webapp.config import Settings
+from webapp.vision.classifier import MaskClassifier
+
+
+def per_face_ms(fn: Callable[[np.ndarray], object], batch: np.ndarray, runs: int) -> tuple[float, float]:
+    for _ in range(5):  # warm-up: first calls allocate and plan
+        fn(batch)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn(batch)
+        times.append((time.perf_counter() - t) * 1000 / len(batch))
+    return float(np.median(times)), float(np.percentile(times, 95))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", type=Path, default=Settings.load().model_dir)
+    p.add_argument("--runs", type=int, default=200)
+    p.add_argument("--keras-runs", type=int, default=30, help="Keras predict is slow; fewer runs")
+    args = p.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+    rows = []
+    rng = np.random.default_rng(0)
+    probe = MaskClassifier(args.model)
+    size = probe.input_size
+    batches = {n: rng.uniform(-1, 1, (n, size, size, 3)).astype(np.float32) for n in (1, 4)}
+    for threads in (1, 2):
+        clf = MaskClassifier(args.model, threads=threads)
+        for n, batch in batches.items():
+            rows.append((f"TFLite (LiteRT), {threads} thread{'s' * (threads > 1)}", n,
+                         *per_face_ms(clf.predict_proba, batch, args.runs)))
+
+    import keras  # only for the comparison row; serving never imports it
+
+    model = keras.saving.load_model(args.model / "mask_classifier.keras", compile=False)
+    for n, batch in batches.items():
+        rows.append(("Keras model.predict", n,
+                     *per_face_ms(lambda b: model.predict(b, verbose=0), batch, args.keras_runs)))
+
+    print(f"model: {args.model} (input {size}x{size}); ms per face; cpu cores: {os.cpu_count()}")
+    print(f"| {'runtime':32s} | batch | median ms/face | p95 ms/face |")
+    print(f"|{'-' * 34}|-------|----------------|-------------|")
+    for name, n, med, p95 in rows:
+        print(f"| {name:32s} | {n:5d} | {med:14.3f} | {p95:11.3f} |")
+    keras_b1 = next(r[2] for r in rows if r[0].startswith("Keras") and r[1] == 1)
+    for name, n, med, _ in rows:
+        if name.startswith("TFLite") and n == 1:
+            print(f"{name}, batch 1: {keras_b1 / med:.0f}x faster than Keras predict (batch 1)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,84 @@
+"""Shared fixtures: where the real datasets and the shipped model are, and synthetic data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from webapp.config import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return Settings.load()
+
+
+@pytest.fixture(scope="session")
+def data_dir(settings: Settings) -> Path:
+    """The real datasets (MASKWATCH_DATA); tests needing them skip where they are absent."""
+    needed = ("kaggle-facemask", "maskedfacenet-maskon", "chandrikadeb7-facemask")
+    missing = [n for n in needed if not (settings.data_dir / n).is_dir()]
+    if missing:
+        pytest.skip(f"datasets not found under {settings.data_dir} ({', '.join(missing)}); "
+                    "set MASKWATCH_DATA to the folder holding them (CI uses ../shared/datasets)")
+    return settings.data_dir
+
+
+@pytest.fixture(scope="session")
+def weights_dir(settings: Settings) -> Path:
+    """Keras' ImageNet backbone files (MASKWATCH_WEIGHTS), installed into $KERAS_HOME/models."""
+    if settings.weights_dir is None or not Path(settings.weights_dir).is_dir():
+        pytest.skip("MobileNetV2 ImageNet weights not found; set MASKWATCH_WEIGHTS "
+                    "(CI uses ../shared/weights/keras)")
+    from training.train import install_offline_weights
+    install_offline_weights(settings.weights_dir)
+    return settings.weights_dir
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    """The shipped model in the repository."""
+    return ROOT / "model"
+
+
+def synthetic_face(size: int = 96, seed: int = 0) -> np.ndarray:
+    """A drawn 'face' (no dataset pixels): skin ellipse, eyes, optional mask band."""
+    rng = np.random.default_rng(seed)
+    img = np.full((size, size, 3), rng.integers(60, 200, 3), np.uint8)
+    c = size // 2
+    cv2.ellipse(img, (c, c), (size // 3, size // 2 - 4), 0, 0, 360, (200, 160, 130), -1)
+    cv2.circle(img, (c - size // 8, c - size // 8), 3, (30, 30, 30), -1)
+    cv2.circle(img, (c + size // 8, c - size // 8), 3, (30, 30, 30), -1)
+    return img
+
+
+def write_jpeg(path: Path, image_rgb: np.ndarray, quality: int = 90) -> None:
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR),
+                           [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    path.write_bytes(buf.tobytes())
+
+
+def write_png(path: Path, image_rgb: np.ndarray) -> None:
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR))
+    assert ok
+    path.write_bytes(buf.tobytes())
+
+
+def voc_xml(filename: str, width: int, height: int, objects: list[tuple[str, tuple[int, int, int, int]]]) -> str:
+    objs = "".join(
+        f"<object><name>{name}</name><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin>"
+        f"<xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>" for name, b in objects)
+    return (f"<annotation><filename>{filename}</filename><size><width>{width}</width>"
+            f"<height>{height}</height><depth>3</depth></size>{objs}</annotation>")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _quiet_tensorflow() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -1,0 +1,36 @@
+from pathlib import Path
+
+import pytest
+
+from webapp.config import Settings
+from webapp.vision.labels import LABELS, canonical_label
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("with_mask", "with_mask"), ("without_mask", "without_mask"), ("mask_incorrect", "mask_incorrect"),
+    ("mask_weared_incorrect", "mask_incorrect"), ("con_mascarilla", "with_mask"),
+    ("mascarilla_mal_puesta", "mask_incorrect"), ("Mask_Weared_Incorrect ", "mask_incorrect"),
+    ("with-mask", "with_mask"), ("helmet", None), ("", None),
+])
+def test_canonical_label(name, expected):
+    assert canonical_label(name) == expected
+
+
+def test_label_order_is_the_contract():
+    assert LABELS == ("with_mask", "mask_incorrect", "without_mask")
+
+
+def test_settings_env_then_overrides(tmp_path):
+    env = {"MASKWATCH_DATA": str(tmp_path), "MASKWATCH_CLASSIFIER_THREADS": "2"}
+    s = Settings.load(environ=env)
+    assert s.data_dir == tmp_path and s.classifier_threads == 2
+    s = Settings.load({"classifier_threads": 3, "data_dir": None}, environ=env)
+    assert s.classifier_threads == 3 and s.data_dir == tmp_path
+    assert Settings.load(environ={}).model_dir == Path(__file__).resolve().parent.parent / "model"
+
+
+def test_settings_reject_bad_values():
+    with pytest.raises(ValueError, match="integer"):
+        Settings.load(environ={"MASKWATCH_CLASSIFIER_THREADS": "two"})
+    with pytest.raises(ValueError, match="unknown setting"):
+        Settings.load({"colour": "red"}, environ={})

@@ -1,0 +1,1 @@
+"""Dataset readers, training and evaluation of the mask classifier (may import ``webapp``)."""

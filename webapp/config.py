@@ -1,0 +1,84 @@
+"""Settings in one place: defaults < ``MASKWATCH_*`` environment variables < explicit overrides.
+
+Every other module asks for a :class:`Settings` instead of reading the environment itself,
+so a test or a CLI flag can change any value without monkeypatching ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+ENV_PREFIX = "MASKWATCH_"
+
+
+def _default_model_dir() -> Path:
+    return PROJECT_ROOT / "model"
+
+
+def _default_data_dir() -> Path:
+    return PROJECT_ROOT / "data"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Runtime settings. Paths are ``Path`` objects; ``None`` means "not available"."""
+
+    # Folder holding kaggle-facemask/, maskedfacenet-maskon/, chandrikadeb7-facemask/.
+    data_dir: Path = field(default_factory=_default_data_dir, metadata={"env": "MASKWATCH_DATA"})
+    # Folder with Keras' ImageNet backbone files (copied into $KERAS_HOME/models for offline use).
+    weights_dir: Path | None = field(default=None, metadata={"env": "MASKWATCH_WEIGHTS"})
+    # Folder with mask_classifier.tflite and labels.json.
+    model_dir: Path = field(default_factory=_default_model_dir, metadata={"env": "MASKWATCH_MODEL"})
+    # TFLite interpreter threads for the classifier (measured in bench/classifier.py).
+    classifier_threads: int = 1
+
+    @classmethod
+    def load(cls, overrides: Mapping[str, Any] | None = None,
+             environ: Mapping[str, str] | None = None) -> "Settings":
+        """Build settings from defaults, then environment variables, then ``overrides``.
+
+        Each field reads ``MASKWATCH_<FIELD>`` unless it names a shorter variable in its metadata
+        (``MASKWATCH_DATA``, ``MASKWATCH_WEIGHTS``, ``MASKWATCH_MODEL``).
+
+        ``None`` values in ``overrides`` are ignored so argparse results can be passed as-is.
+        """
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = environ.get(env_name(f))
+            if raw not in (None, ""):
+                values[f.name] = raw
+        for key, value in (overrides or {}).items():
+            if value is not None:
+                values[key] = value
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        return cls(**{k: _coerce(cls, k, v) for k, v in values.items()})
+
+
+def env_name(f: dataclasses.Field) -> str:
+    """The environment variable that sets field ``f``."""
+    return f.metadata.get("env", ENV_PREFIX + f.name.upper())
+
+
+def _coerce(cls: type, name: str, value: Any) -> Any:
+    default = next(f for f in dataclasses.fields(cls) if f.name == name)
+    kind = str(default.type)
+    if "Path" in kind:
+        return Path(value).expanduser()
+    if kind == "int":
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"setting {name} must be an integer, got {value!r}") from None
+    if kind == "float":
+        return float(value)
+    if kind == "bool":
+        return str(value).lower() in ("1", "true", "yes", "on")
+    return value

@@ -1,0 +1,1 @@
+"""Inference core: crop, classify (and later detect). Knows nothing of Flask or sockets."""

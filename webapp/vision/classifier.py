@@ -1,0 +1,126 @@
+"""Serving side of the mask classifier: the fp32 TFLite file run by LiteRT, no TensorFlow.
+
+``labels.json`` next to the model is the preprocessing contract written at training time
+(label order, input size, crop margin, scaling); the pipeline reads crop parameters from
+here so a retrained model with another input size needs no code change.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from webapp.vision.labels import LABELS
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "mask_classifier.tflite"
+LABELS_FILE = "labels.json"
+
+
+class ModelFilesError(RuntimeError):
+    """The model folder is missing a file or holds one that cannot be loaded."""
+
+
+def _interpreter_class() -> type:
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # platforms without a LiteRT wheel
+        try:
+            import tensorflow as tf
+        except ImportError:
+            raise ModelFilesError("neither ai-edge-litert nor tensorflow is installed; "
+                                  "run: pip install ai-edge-litert") from None
+        log.warning("ai-edge-litert unavailable; using TensorFlow's TFLite interpreter")
+        return tf.lite.Interpreter
+    return Interpreter
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    score: float  # probability of ``label``
+    probs: tuple[float, ...]  # in ``MaskClassifier.labels`` order
+
+
+def read_contract(model_dir: Path) -> dict[str, Any]:
+    """The preprocessing contract (labels.json) of a model folder."""
+    path = Path(model_dir) / LABELS_FILE
+    try:
+        contract = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelFilesError(f"missing {path}; train a model (python -m training.train) "
+                              "or restore model/ from git") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelFilesError(f"{path} is not valid JSON: {exc}") from None
+    for key in ("labels", "input_size", "crop_margin"):
+        if key not in contract:
+            raise ModelFilesError(f"{path} lacks {key!r}")
+    unknown = set(contract["labels"]) - set(LABELS)
+    if unknown:
+        raise ModelFilesError(f"{path} has unknown labels {sorted(unknown)}")
+    return contract
+
+
+class MaskClassifier:
+    """Classifies batches of face crops (float32, N x S x S x 3, scaled by ``crop.to_model_input``).
+
+    One interpreter is not thread-safe, so calls are serialised with a lock; the server runs
+    one inference worker anyway.
+    """
+
+    def __init__(self, model_dir: Path, threads: int = 1) -> None:
+        self.model_dir = Path(model_dir)
+        self.contract = read_contract(self.model_dir)
+        self.labels: tuple[str, ...] = tuple(self.contract["labels"])
+        self.input_size: int = int(self.contract["input_size"])
+        self.margin: float = float(self.contract["crop_margin"])
+        self.model_path = self.model_dir / MODEL_FILE
+        if not self.model_path.is_file():
+            raise ModelFilesError(f"missing {self.model_path}")
+        try:
+            self._interpreter = _interpreter_class()(model_path=str(self.model_path),
+                                                     num_threads=max(1, threads))
+            self._interpreter.allocate_tensors()
+        except ValueError as exc:
+            raise ModelFilesError(f"cannot load {self.model_path}: {exc}") from None
+        self._input = self._interpreter.get_input_details()[0]
+        self._output = self._interpreter.get_output_details()[0]
+        self._batch = int(self._input["shape"][0])
+        self._lock = threading.Lock()
+
+    def predict_proba(self, crops: np.ndarray) -> np.ndarray:
+        """Class probabilities, shape (N, len(labels))."""
+        size = self.input_size
+        if crops.ndim != 4 or crops.shape[1:] != (size, size, 3):
+            raise ValueError(f"expected crops of shape (N, {size}, {size}, 3), got {crops.shape}")
+        n = crops.shape[0]
+        if n == 0:
+            return np.zeros((0, len(self.labels)), np.float32)
+        with self._lock:
+            if n != self._batch:
+                # The file has a dynamic batch dimension; re-plan only when the batch size changes.
+                self._interpreter.resize_tensor_input(self._input["index"], [n, size, size, 3])
+                self._interpreter.allocate_tensors()
+                self._batch = n
+            self._interpreter.set_tensor(self._input["index"], np.ascontiguousarray(crops, np.float32))
+            self._interpreter.invoke()
+            return self._interpreter.get_tensor(self._output["index"]).copy()
+
+    def classify(self, crops: np.ndarray) -> list[Prediction]:
+        probs = self.predict_proba(crops)
+        best = probs.argmax(axis=1)
+        return [Prediction(self.labels[i], float(p[i]), tuple(float(v) for v in p))
+                for i, p in zip(best, probs)]
+
+
+def label_indices(labels: Sequence[str], order: Sequence[str]) -> np.ndarray:
+    """Indices of ``labels`` in ``order`` (e.g. true labels in a model's label order)."""
+    position = {label: i for i, label in enumerate(order)}
+    return np.array([position[label] for label in labels], dtype=np.int64)
