@@ -226,15 +226,25 @@ def _maskon_group(stem: str) -> str:
     return stem.split("_", 1)[0]
 
 
+_GROUP_BY = {MASKON: _maskon_group}
+
+
+def read_voc_folder(images_dir: Path, annotations_dir: Path,
+                    label_map: Mapping[str, str] | None = None) -> list[Sample]:
+    """A VOC dataset named after the folder holding ``images/`` (kaggle-facemask/images ->
+    "kaggle-facemask"), grouped as that dataset is, so splits match the training split."""
+    source = Path(images_dir).resolve().parent.name
+    return read_voc(Path(images_dir), Path(annotations_dir), source,
+                    group_of=_GROUP_BY.get(source, lambda stem: stem), label_map=label_map)
+
+
 def load_dataset(name: str, data_dir: Path) -> list[Sample]:
     """Read one of the known datasets from ``data_dir/<name>``."""
     root = Path(data_dir) / name
     if not root.is_dir():
         raise FileNotFoundError(f"dataset folder not found: {root}")
-    if name == KAGGLE:
-        return read_voc(root / "images", root / "annotations", name)
-    if name == MASKON:
-        return read_voc(root / "images", root / "annotations", name, group_of=_maskon_group)
+    if name in (KAGGLE, MASKON):
+        return read_voc_folder(root / "images", root / "annotations")
     if name == CHANDRIKA:
         return read_class_folders(root, name)
     raise ValueError(f"unknown dataset {name!r}")

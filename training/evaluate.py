@@ -3,10 +3,15 @@
     python -m training.evaluate --crops DIR [--json FILE]
         DIR holds one sub-folder per class (canonical name or dataset alias), one face per image.
     python -m training.evaluate --images DIR --annotations DIR [--label-map A=B,...] [--json FILE]
-        PASCAL VOC images and boxes; the classifier is scored on the true face boxes.
+        PASCAL VOC images and boxes: the served pipeline (detector + classifier) end to end,
+        COCO AP@0.5 per class and mAP (all faces and faces >= 32 px), detector recall per class
+        and size, and the classifier alone on the true face boxes.
+    python -m training.evaluate --images DIR --annotations DIR --compare-detectors
+        Every detector configuration in one table: recall per class x size, precision, ms/image.
 
 The model is the TFLite file the server runs (``--model``, default ``model/``), with the crop
-parameters from its ``labels.json``: what is measured here is exactly what is served.
+parameters from its ``labels.json``, and the images go through ``Pipeline.process`` as bytes:
+what is measured here is exactly what is served.
 """
 
 from __future__ import annotations
@@ -15,18 +20,23 @@ import argparse
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
-from training.datasets import Sample, read_class_folders, read_voc
+from training.datasets import Sample, read_class_folders, read_voc_folder, split_by_image
+from training.detection_metrics import Predicted, Truth, coco_ap50, detector_recall
 from training.faces import FaceSet
 from training.metrics import SIZE_BUCKETS, classifier_section, format_report, size_bucket
 from webapp.config import Settings
 from webapp.vision.classifier import MaskClassifier
 from webapp.vision.crop import to_model_input
+from webapp.vision.detector import DETECTORS, create_detector
 from webapp.vision.labels import LABELS
+from webapp.vision.pipeline import FILE_FORMATS, FrameError, Pipeline
 
 log = logging.getLogger("training.evaluate")
 
@@ -69,6 +79,84 @@ def classifier_report(samples: Sequence[Sample], classifier: MaskClassifier) -> 
     return section
 
 
+def _truths(sample: Sample) -> list[Truth]:
+    return [Truth(f.box, f.label) for f in sample.faces]
+
+
+def end_to_end(samples: Sequence[Sample], pipeline: Pipeline) -> dict[str, Any]:
+    """Run the served pipeline on every image file and score its labelled boxes."""
+    truths, preds, ms = [], [], []
+    for sample in tqdm(samples, desc="pipeline", unit="img"):
+        try:
+            result = pipeline.process(sample.path.read_bytes(), formats=FILE_FORMATS)
+        except (OSError, FrameError) as exc:
+            log.warning("%s: %s", sample.path.name, exc)
+            continue
+        truths.append(_truths(sample))
+        preds.append([Predicted(f.box, f.label, f.score * f.detector_score) for f in result.faces])
+        ms.append(result.ms["total"])
+    all_faces = coco_ap50(truths, preds)
+    big_faces = coco_ap50(truths, preds, min_side=32)
+    recall = detector_recall(truths, [[p.box for p in ps] for ps in preds])
+    return {
+        "map50": all_faces.pop("map50"), "ap50": all_faces,
+        "map50_min32": big_faces.pop("map50"), "ap50_min32": big_faces,
+        **recall,
+        "images": len(truths), "ms_per_image_median": float(np.median(ms)) if ms else None,
+    }
+
+
+def compare_detectors(samples: Sequence[Sample], names: Sequence[str]) -> list[dict[str, Any]]:
+    """Recall per class and size, precision and time of each detector on the same images."""
+    images = [(s, _rgb(s)) for s in tqdm(samples, desc="decode", unit="img")]
+    rows = []
+    for name in names:
+        detector = create_detector(name)
+        boxes, times = [], []
+        for _, image in tqdm(images, desc=name, unit="img", leave=False):
+            t = time.perf_counter()
+            boxes.append([d.box for d in detector.detect(image)])
+            times.append((time.perf_counter() - t) * 1000)
+        row = detector_recall([_truths(s) for s, _ in images], boxes)
+        row.update({"detector": name, "ms_median": float(np.median(times))})
+        rows.append(row)
+    return rows
+
+
+def _rgb(sample: Sample) -> np.ndarray:
+    from webapp.vision.pipeline import decode_image
+    return decode_image(sample.path.read_bytes(), max_bytes=1 << 30, formats=FILE_FORMATS)
+
+
+def _pct(v: float | None) -> str:
+    return "  –" if v is None else f"{100 * v:3.0f}"
+
+
+def format_detector_table(rows: Sequence[dict[str, Any]]) -> str:
+    buckets = [b for b, _, _ in SIZE_BUCKETS]
+    head = " | ".join(f"{l} {'/'.join(buckets)}" for l in LABELS)
+    lines = [f"| detector | all | {head} | precision | ms/image |",
+             "|---|---|" + "---|" * len(LABELS) + "---|---|"]
+    for r in rows:
+        cells = " | ".join(" / ".join(_pct(r["recall_by_size"][l][b]) for b in buckets) for l in LABELS)
+        lines.append(f"| {r['detector']} | {_pct(r['recall_all'])} | {cells} | {_pct(r['precision'])} | "
+                     f"{r['ms_median']:.1f} |")
+    return "\n".join(lines)
+
+
+def format_end_to_end(r: dict[str, Any]) -> str:
+    def f(v):
+        return "–" if v is None else f"{v:.3f}"
+    lines = [f"end to end on {r['images']} images (median {r['ms_per_image_median']:.1f} ms/image)",
+             f"  mAP@0.5 all faces {f(r['map50'])}   faces >= 32 px {f(r['map50_min32'])}",
+             f"  {'label':16s} {'AP50':>6s} {'AP50>=32':>9s} {'recall':>7s} {'recall>=32':>10s}"]
+    for l in LABELS:
+        lines.append(f"  {l:16s} {f(r['ap50'][l]):>6s} {f(r['ap50_min32'][l]):>9s} "
+                     f"{f(r['recall'][l]):>7s} {f(r['recall_min32'][l]):>10s}")
+    lines.append(f"  detector precision (IoU >= 0.4 with a true face): {f(r['precision'])}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -77,6 +165,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--annotations", type=Path, help="folder of PASCAL VOC xml files")
     p.add_argument("--label-map", type=parse_label_map, default={}, help="extra label aliases, A=B,...")
     p.add_argument("--model", type=Path, help="model folder (default: MASKWATCH_MODEL or model/)")
+    p.add_argument("--split", choices=("val", "train"),
+                   help="only this side of training's split (same --seed/--val-fraction as training)")
+    p.add_argument("--seed", type=int, default=1234, help="split seed (with --split)")
+    p.add_argument("--val-fraction", type=float, default=0.25, help="(with --split)")
+    p.add_argument("--detector", choices=DETECTORS, help="detector for the end-to-end run (default: settings)")
+    p.add_argument("--compare-detectors", nargs="*", choices=DETECTORS, metavar="NAME",
+                   help="detector-only table for these detectors (default: all)")
     p.add_argument("--json", type=Path, help="write the results as JSON here")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -85,26 +180,46 @@ def main(argv: list[str] | None = None) -> int:
     for folder in filter(None, (args.crops, args.images, args.annotations)):
         if not folder.is_dir():
             p.error(f"not a folder: {folder}")
-    settings = Settings.load({"model_dir": args.model})
-    classifier = MaskClassifier(settings.model_dir)
+    settings = Settings.load({"model_dir": args.model, "detector": args.detector})
 
     if args.crops:
-        samples = read_class_folders(args.crops, args.crops.name, args.label_map)
+        samples = read_class_folders(args.crops, args.crops.resolve().name, args.label_map)
     else:
-        samples = read_voc(args.images, args.annotations, args.images.name, label_map=args.label_map)
+        samples = read_voc_folder(args.images, args.annotations, label_map=args.label_map)
+    if args.split:
+        train, val = split_by_image(samples, args.val_fraction, args.seed)
+        samples = val if args.split == "val" else train
     if not samples:
         print("no labelled images found", file=sys.stderr)
         return 1
+    result: dict[str, Any] = {}
+    if args.compare_detectors is not None:
+        rows = compare_detectors(samples, args.compare_detectors or DETECTORS)
+        print(format_detector_table(rows))
+        result["detectors"] = rows
+        _write_json(args.json, result)
+        return 0
+    classifier = MaskClassifier(settings.model_dir, settings.classifier_threads)
+    result["model"] = str(classifier.model_path)
+    if args.images:
+        pipeline = Pipeline(create_detector(settings.detector, settings.detector_threads), classifier)
+        result["detector"] = settings.detector
+        result.update(end_to_end(samples, pipeline))
+        print(format_end_to_end(result))
     section = classifier_report(samples, classifier)
     print(format_report(section, "classifier on true face boxes"))
     for name, sub in section["by_size"].items():
         if sub["n"]:
             print(f"  faces {name:8s} n={sub['n']:5d}  accuracy {sub['accuracy']:.3f}  macro-F1 {sub['macro_f1']:.3f}")
-    result = {"model": str(classifier.model_path), "classifier": section}
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    result["classifier"] = section
+    _write_json(args.json, result)
     return 0
+
+
+def _write_json(path: Path | None, result: dict[str, Any]) -> None:
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,11 @@ class Settings:
     model_dir: Path = field(default_factory=_default_model_dir, metadata={"env": "MASKWATCH_MODEL"})
     # TFLite interpreter threads for the classifier (measured in bench/classifier.py).
     classifier_threads: int = 1
+    # Face detector by name (webapp/vision/detector.py DETECTORS) and its interpreter threads.
+    detector: str = "blazeface"
+    detector_threads: int = 1
+    # Largest encoded image accepted (frames and files), in bytes.
+    max_image_bytes: int = 8 * 1024 * 1024
 
     @classmethod
     def load(cls, overrides: Mapping[str, Any] | None = None,

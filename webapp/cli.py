@@ -1,0 +1,147 @@
+"""The ``maskwatch`` command: ``detect`` (and, as the web app lands, ``serve`` and ``gen-cert``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import cv2
+import numpy as np
+
+from webapp.config import Settings
+from webapp.vision.pipeline import FILE_FORMATS, FrameError, FrameResult, Pipeline, decode_image, sniff_format
+
+log = logging.getLogger("maskwatch")
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+# BGR colours for annotated copies; the web pages use the same hues.
+COLOURS = {"with_mask": (80, 175, 76), "mask_incorrect": (0, 165, 255), "without_mask": (60, 60, 230)}
+
+
+def build_pipeline(settings: Settings) -> Pipeline:
+    """The served pipeline, as configured."""
+    from webapp.vision.classifier import MaskClassifier
+    from webapp.vision.detector import create_detector
+
+    return Pipeline(create_detector(settings.detector, settings.detector_threads),
+                    MaskClassifier(settings.model_dir, settings.classifier_threads),
+                    max_bytes=settings.max_image_bytes)
+
+
+def expand_inputs(paths: Sequence[str]) -> Iterator[str]:
+    """Files as given; a folder becomes its image files (by suffix or content), sorted."""
+    for given in paths:
+        p = Path(given)
+        if p.is_dir():
+            for child in sorted(p.iterdir()):
+                if child.is_file() and (child.suffix.lower() in IMAGE_SUFFIXES or _looks_like_image(child)):
+                    yield str(Path(given) / child.name)
+        else:
+            yield given
+
+
+def _looks_like_image(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            return sniff_format(f.read(16)) is not None
+    except OSError:
+        return False
+
+
+def annotate(image_rgb: np.ndarray, result: FrameResult) -> np.ndarray:
+    """BGR copy with each face's box in its class colour, label and score."""
+    out = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)
+    thickness = max(1, round(max(out.shape[:2]) / 400))
+    for face in result.faces:
+        colour = COLOURS.get(face.label, (255, 255, 255))
+        x0, y0, x1, y1 = (int(round(v)) for v in face.box)
+        cv2.rectangle(out, (x0, y0), (x1, y1), colour, thickness)
+        text = f"{face.label} {face.score:.2f}"
+        scale = 0.4 * thickness
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        ty = y0 - 2 if y0 - th - base - 2 >= 0 else y1 + th + 2
+        cv2.rectangle(out, (x0, ty - th - base), (x0 + tw + 2, ty + base - 1), colour, -1)
+        cv2.putText(out, text, (x0 + 1, ty - 1), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    return out
+
+
+def _out_path(out_dir: Path, given: str, used: set[Path]) -> Path:
+    src = Path(given)
+    suffix = src.suffix.lower() if src.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp"} else ".png"
+    candidate = out_dir / (src.stem + suffix)
+    n = 1
+    while candidate in used:
+        candidate = out_dir / f"{src.stem}-{n}{suffix}"
+        n += 1
+    used.add(candidate)
+    return candidate
+
+
+def cmd_detect(args: argparse.Namespace, settings: Settings) -> int:
+    pipeline = build_pipeline(settings)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    used: set[Path] = set()
+    for given in expand_inputs(args.images):
+        try:
+            data = Path(given).read_bytes()
+            result = pipeline.process(data, formats=FILE_FORMATS)
+        except (OSError, FrameError) as exc:
+            failed += 1
+            message = exc.message if isinstance(exc, FrameError) else (exc.strerror or str(exc))
+            if args.json:
+                print(json.dumps({"image": given, "error": message}), flush=True)
+            else:
+                print(f"{given}: error: {message}", flush=True)
+            continue
+        if args.out:
+            image = decode_image(data, settings.max_image_bytes, formats=FILE_FORMATS)
+            cv2.imwrite(str(_out_path(args.out, given, used)), annotate(image, result))
+        if args.json:
+            print(json.dumps({"image": given, **result.to_dict()}), flush=True)
+        else:
+            print(f"{given}: {len(result.faces)} face(s), {result.width}x{result.height}, "
+                  f"{result.ms['total']:.1f} ms", flush=True)
+            for f in result.faces:
+                box = ", ".join(f"{v:.0f}" for v in f.box)
+                print(f"  {f.label:15s} {f.score:.2f}  [{box}]", flush=True)
+    return 1 if failed else 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="maskwatch", description="Face-mask compliance monitor.")
+    p.add_argument("--model", type=Path, help="model folder (default: MASKWATCH_MODEL or model/)")
+    p.add_argument("--detector", help="face detector (default: MASKWATCH_DETECTOR or blazeface)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = p.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("detect", help="run the served pipeline on image files or folders")
+    d.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
+    d.add_argument("--json", action="store_true", help="one JSON object per image per line (JSON Lines)")
+    d.add_argument("--out", type=Path, help="write annotated copies here")
+    d.set_defaults(func=cmd_detect)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        settings = Settings.load({"model_dir": args.model, "detector": args.detector})
+        return args.func(args, settings)
+    except Exception as exc:  # noqa: BLE001 - a CLI prints one clear line, not a traceback
+        from webapp.vision.classifier import ModelFilesError
+        from webapp.vision.detector import DetectorUnavailable
+        if isinstance(exc, (ModelFilesError, DetectorUnavailable, ValueError)):
+            print(f"maskwatch: error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

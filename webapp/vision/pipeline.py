@@ -1,0 +1,166 @@
+"""bytes -> validated -> decoded -> faces detected -> cropped -> classified in one batch.
+
+Everything a camera or a user sends is untrusted: the size, the format (by magic bytes, not
+by name), the pixel dimensions (read from the header before any pixel is decoded, so a
+60000x60000 PNG costs nothing) and completeness are checked first, and each problem raises a
+:class:`FrameError` whose ``code`` is what the Socket.IO ``frame_error`` event carries.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Collection
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from webapp.vision.classifier import MaskClassifier
+from webapp.vision.crop import crop_faces
+from webapp.vision.detector import FaceDetector
+
+MAX_SIDE = 4096
+DEFAULT_MAX_BYTES = 8 * 1024 * 1024
+FRAME_FORMATS = frozenset({"JPEG", "PNG"})
+FILE_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP"})
+
+_MAGIC = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"RIFF", "WEBP"),  # checked further below: RIFF....WEBP
+    (b"BM", "BMP"),
+)
+
+
+class FrameError(Exception):
+    """A frame or image that cannot be processed; ``code`` is machine-readable."""
+
+    code = "bad_image"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class TooLarge(FrameError):
+    code = "too_large"
+
+
+class NotAnImage(FrameError):
+    code = "not_an_image"
+
+
+@dataclass(frozen=True)
+class Face:
+    box: tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels of the image as sent
+    label: str
+    score: float
+    detector_score: float = 0.0
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    width: int
+    height: int
+    faces: list[Face]
+    ms: dict[str, float] = field(default_factory=dict)  # decode, detect, classify, total
+
+    def to_dict(self) -> dict:
+        """The JSON shape of the contract (boxes rounded to 0.1 px, scores to 4 digits)."""
+        return {
+            "width": self.width, "height": self.height,
+            "faces": [{"box": [round(v, 1) for v in f.box], "label": f.label, "score": round(f.score, 4)}
+                      for f in self.faces],
+            "ms": {k: round(v, 2) for k, v in self.ms.items()},
+        }
+
+
+def sniff_format(data: bytes) -> str | None:
+    """Image format from the first bytes, or ``None``."""
+    for magic, fmt in _MAGIC:
+        if data.startswith(magic):
+            if fmt == "WEBP" and data[8:12] != b"WEBP":
+                return None
+            return fmt
+    return None
+
+
+def check_image_bytes(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES, max_side: int = MAX_SIDE,
+                      formats: Collection[str] = FRAME_FORMATS) -> tuple[str, int, int]:
+    """(format, width, height) of acceptable image bytes, without decoding pixels."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise NotAnImage(f"expected image bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if len(data) > max_bytes:
+        raise TooLarge(f"image is {len(data) / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.1f} MB")
+    if not data:
+        raise NotAnImage("empty image")
+    fmt = sniff_format(data)
+    if fmt is None or fmt not in formats:
+        raise NotAnImage(f"not a {' or '.join(sorted(formats))} image"
+                         + (f" (found {fmt})" if fmt else ""))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:  # reads the header only
+                width, height = im.size
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise TooLarge(f"{fmt} header claims more pixels than {max_side}x{max_side}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise NotAnImage(f"unreadable {fmt} header: {exc}") from None
+    if width > max_side or height > max_side:
+        raise TooLarge(f"image is {width}x{height} px; at most {max_side} px a side")
+    if width < 1 or height < 1:
+        raise NotAnImage("image has no pixels")
+    tail = data.rstrip(b"\0\r\n ")
+    if fmt == "JPEG" and not tail.endswith(b"\xff\xd9"):
+        raise NotAnImage("truncated JPEG (no end-of-image marker)")
+    if fmt == "PNG" and b"IEND" not in data[-16:]:
+        raise NotAnImage("truncated PNG (no IEND chunk)")
+    return fmt, width, height
+
+
+def decode_image(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES, max_side: int = MAX_SIDE,
+                 formats: Collection[str] = FRAME_FORMATS) -> np.ndarray:
+    """Validated bytes -> HxWx3 uint8 RGB."""
+    check_image_bytes(data, max_bytes, max_side, formats)
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise NotAnImage("the image data is corrupt and could not be decoded")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+class Pipeline:
+    """Detector + classifier. Stateless per call; the models inside serialise themselves."""
+
+    def __init__(self, detector: FaceDetector, classifier: MaskClassifier,
+                 max_bytes: int = DEFAULT_MAX_BYTES, min_face: int = 8) -> None:
+        self.detector = detector
+        self.classifier = classifier
+        self.max_bytes = max_bytes
+        self.min_face = min_face
+
+    def process(self, data: bytes, formats: Collection[str] = FRAME_FORMATS, tiles: bool = True) -> FrameResult:
+        """Run the whole pipeline on encoded image bytes."""
+        t0 = time.perf_counter()
+        image = decode_image(data, self.max_bytes, MAX_SIDE, formats)
+        return self.process_image(image, t0=t0, tiles=tiles)
+
+    def process_image(self, image: np.ndarray, t0: float | None = None, tiles: bool = True) -> FrameResult:
+        """Run detection and classification on a decoded RGB image."""
+        t_start = time.perf_counter()
+        t0 = t_start if t0 is None else t0
+        detections = [d for d in self.detector.detect(image, tiles=tiles)
+                      if min(d.box[2] - d.box[0], d.box[3] - d.box[1]) >= self.min_face]
+        t_detect = time.perf_counter()
+        crops = crop_faces(image, [d.box for d in detections], self.classifier.input_size,
+                           self.classifier.margin)
+        predictions = self.classifier.classify(crops)
+        t_end = time.perf_counter()
+        faces = [Face(d.box, p.label, p.score, d.score) for d, p in zip(detections, predictions)]
+        ms = {"decode": (t_start - t0) * 1000, "detect": (t_detect - t_start) * 1000,
+              "classify": (t_end - t_detect) * 1000, "total": (t_end - t0) * 1000}
+        return FrameResult(image.shape[1], image.shape[0], faces, ms)
