@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--alpha", type=float, default=0.35, choices=(0.35, 0.5, 0.75, 1.0, 1.3, 1.4))
     p.add_argument("--size", type=int, default=128, help="input size in pixels (square)")
     p.add_argument("--margin", type=float, default=DEFAULT_MARGIN, help="crop margin around the face box")
-    p.add_argument("--balance", choices=("class_weight", "sampling", "none"), default="sampling",
+    p.add_argument("--balance", choices=("class_weight", "sampling", "none"), default="class_weight",
                    help="how the rare mask_incorrect class is handled")
     p.add_argument("--head-epochs", type=int, default=4)
     p.add_argument("--finetune-epochs", type=int, default=24)

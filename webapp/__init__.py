@@ -1,7 +1,44 @@
 """maskwatch: real-time face-mask compliance monitor.
 
-The web application factory arrives with the server; the inference core lives in
-``webapp.vision`` and is usable on its own (CLI, evaluation, benchmarks).
+``create_app`` builds the Flask application with its Socket.IO wiring; the inference core
+lives in ``webapp.vision`` and is usable on its own (CLI, evaluation, benchmarks).
 """
 
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+from flask import Flask
+from flask_socketio import SocketIO
+
 __version__ = "0.1.0"
+
+log = logging.getLogger(__name__)
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Application factory; ``test_config`` overrides settings (see ``webapp.config.Settings``)."""
+    from webapp.cli import build_pipeline
+    from webapp.config import PROJECT_ROOT, Settings
+    from webapp.events import CameraNamespace, DashboardNamespace, InferenceService
+    from webapp.views import bp
+
+    settings = Settings.load(test_config)
+    app = Flask(__name__, instance_relative_config=True,
+                template_folder=str(PROJECT_ROOT / "templates"), static_folder=str(PROJECT_ROOT / "static"))
+    Path(app.instance_path).mkdir(parents=True, exist_ok=True)
+    app.config.update(MAX_CONTENT_LENGTH=1024 * 1024)
+    app.register_blueprint(bp)
+
+    # Same-origin Socket.IO only (no CORS list); the message limit sits above the frame limit
+    # so an oversized frame is answered with frame_error 'too_large', not a dropped connection.
+    socketio = SocketIO(app, async_mode=settings.async_mode, cors_allowed_origins=None,
+                        max_http_buffer_size=settings.max_frame_bytes * 2 + 64 * 1024)
+    service = InferenceService(socketio, settings, lambda: build_pipeline(settings))
+    app.extensions["maskwatch"] = service
+    socketio.on_namespace(CameraNamespace("/", service))
+    socketio.on_namespace(DashboardNamespace("/dashboard", service))
+    service.start()
+    return app

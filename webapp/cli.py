@@ -113,6 +113,43 @@ def cmd_detect(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if failed else 0
 
 
+def lan_addresses() -> list[str]:
+    """IPv4 addresses other machines on the LAN can reach this one at."""
+    import socket
+
+    found: set[str] = set()
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.1", 9))  # no packet is sent; picks the outgoing interface
+            found.add(s.getsockname()[0])
+    except OSError:
+        pass
+    try:
+        for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET):
+            found.add(info[4][0])
+    except OSError:
+        pass
+    return sorted(a for a in found if not a.startswith("127."))
+
+
+def server_urls(settings: Settings) -> list[str]:
+    scheme = "https" if settings.certfile else "http"
+    hosts = ["localhost"] if settings.host in ("127.0.0.1", "localhost", "::1") else \
+        (["localhost"] + lan_addresses() if settings.host in ("0.0.0.0", "::") else [settings.host])
+    return [f"{scheme}://{h}:{settings.port}/" for h in hosts]
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from webapp.server import run_server
+
+    if bool(settings.certfile) != bool(settings.keyfile):
+        raise ValueError("--certfile and --keyfile go together")
+    for f in filter(None, (settings.certfile, settings.keyfile)):
+        if not Path(f).is_file():
+            raise ValueError(f"file not found: {f}")
+    return run_server(settings, server_urls(settings))
+
+
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="maskwatch", description="Face-mask compliance monitor.")
     p.add_argument("--model", type=Path, help="model folder (default: MASKWATCH_MODEL or model/)")
@@ -124,6 +161,15 @@ def make_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true", help="one JSON object per image per line (JSON Lines)")
     d.add_argument("--out", type=Path, help="write annotated copies here")
     d.set_defaults(func=cmd_detect)
+    s = sub.add_parser("serve", help="run the web app (camera page and dashboard)")
+    s.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 for the LAN)")
+    s.add_argument("--port", type=int, help="port (default 5000)")
+    s.add_argument("--certfile", type=Path, help="TLS certificate (browsers need https for cameras)")
+    s.add_argument("--keyfile", type=Path, help="TLS private key")
+    s.add_argument("--async-mode", choices=("threading", "eventlet", "gevent"),
+                   help="Socket.IO server mode (default threading)")
+    s.add_argument("--workers", type=int, help="inference worker threads (default: one per core)")
+    s.set_defaults(func=cmd_serve)
     return p
 
 
@@ -132,7 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        settings = Settings.load({"model_dir": args.model, "detector": args.detector})
+        overrides = {"model_dir": args.model, "detector": args.detector}
+        for key in ("host", "port", "certfile", "keyfile", "async_mode", "workers"):
+            overrides[key] = getattr(args, key, None)
+        settings = Settings.load(overrides)
         return args.func(args, settings)
     except Exception as exc:  # noqa: BLE001 - a CLI prints one clear line, not a traceback
         from webapp.vision.classifier import ModelFilesError

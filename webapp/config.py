@@ -39,8 +39,23 @@ class Settings:
     # Face detector by name (webapp/vision/detector.py DETECTORS) and its interpreter threads.
     detector: str = "blazeface"
     detector_threads: int = 1
-    # Largest encoded image accepted (frames and files), in bytes.
+    # Largest encoded image accepted from files (maskwatch detect), in bytes.
     max_image_bytes: int = 8 * 1024 * 1024
+    # Largest camera frame accepted over Socket.IO; the Socket.IO message limit is set above it,
+    # so an oversized frame gets a clear ``too_large`` error instead of a dropped connection.
+    max_frame_bytes: int = 2 * 1024 * 1024
+    # Run the (costly) far-face tile pass of the detector on every n-th frame of a camera.
+    tile_every: int = 3
+    # Inference worker threads, each with its own interpreters (0 = one per CPU core).
+    workers: int = 0
+    # Server.
+    host: str = "127.0.0.1"
+    port: int = 5000
+    async_mode: str = "threading"
+    certfile: Path | None = None
+    keyfile: Path | None = None
+    # Dashboard 'counts' events at most this often (seconds).
+    counts_interval: float = 0.5
 
     @classmethod
     def load(cls, overrides: Mapping[str, Any] | None = None,

@@ -1,0 +1,53 @@
+"""Realistic 640x480 test frames composed at run time from dataset images (never stored).
+
+Each frame is one kaggle-facemask street photo scaled to fill 640x480 as background, with
+N faces cut (with their surroundings) from other dataset images pasted at sizes an entrance
+camera sees (60-150 px), and JPEG-encoded as the browser would send it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from training.datasets import KAGGLE, MASKON, load_dataset, read_rgb
+from webapp.vision.crop import cut_face
+
+
+def compose_frames(data_dir: Path, faces_per_frame: int, count: int, seed: int = 0,
+                   quality: int = 80) -> list[bytes]:
+    rng = np.random.default_rng(seed + faces_per_frame)
+    kaggle = load_dataset(KAGGLE, data_dir)
+    maskon = load_dataset(MASKON, data_dir)
+    big = [(s, f) for s in kaggle for f in s.faces if min(f.box[2] - f.box[0], f.box[3] - f.box[1]) >= 40]
+    big += [(s, s.faces[0]) for s in maskon[:60]]
+    frames = []
+    for _ in range(count):
+        bg_sample = kaggle[int(rng.integers(len(kaggle)))]
+        frame = cv2.resize(read_rgb(bg_sample.path), (640, 480), interpolation=cv2.INTER_AREA)
+        frame = cv2.GaussianBlur(frame, (0, 0), 6)  # keep background faces from counting
+        slots = _slots(faces_per_frame, rng)
+        for (x, y, size) in slots:
+            sample, face = big[int(rng.integers(len(big)))]
+            patch = cut_face(read_rgb(sample.path), face.box, size, margin=0.25)
+            frame[y:y + size, x:x + size] = patch
+        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+        frames.append(buf.tobytes())
+    return frames
+
+
+def _slots(n: int, rng: np.random.Generator) -> list[tuple[int, int, int]]:
+    """Non-overlapping square places for n faces in a 640x480 frame."""
+    cols = min(n, 4)
+    rows = int(np.ceil(n / cols))
+    cell_w, cell_h = 640 // cols, 480 // rows
+    slots = []
+    for i in range(n):
+        r, c = divmod(i, cols)
+        size = int(min(rng.integers(60, 151), cell_w - 4, cell_h - 4))
+        x = c * cell_w + int(rng.integers(0, cell_w - size + 1))
+        y = r * cell_h + int(rng.integers(0, cell_h - size + 1))
+        slots.append((x, y, size))
+    return slots

@@ -1,0 +1,107 @@
+"""Per-frame latency of the served pipeline on 640x480 frames with 1, 3 and 8 faces.
+
+    MASKWATCH_DATA=... python bench/pipeline.py [--frames 20] [--repeats 5]
+
+In the same run, a seed-style baseline: OpenCV's Haar cascade and Keras ``model.predict`` on
+224 px crops of a MobileNetV2 (α 1.0) classifier - the approach of the project maskwatch
+replaced. The baseline's classifier head is untrained: it stands in for timing only.
+Prints median and p95 of decode / detect / classify / total, and the speed-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.frames import compose_frames  # noqa: E402
+from webapp.cli import build_pipeline  # noqa: E402
+from webapp.config import Settings  # noqa: E402
+from webapp.vision.crop import crop_faces  # noqa: E402
+from webapp.vision.detector import HaarDetector  # noqa: E402
+from webapp.vision.pipeline import decode_image  # noqa: E402
+
+STAGES = ("decode", "detect", "classify", "total")
+
+
+def seed_style(keras):
+    """Haar cascade + Keras predict on 224 px crops, timed per stage like the pipeline."""
+    detector = HaarDetector()
+    backbone = keras.applications.MobileNetV2(input_shape=(224, 224, 3), include_top=False,
+                                              weights="imagenet", pooling="avg")
+    head = keras.layers.Dense(3, activation="softmax")(backbone.output)
+    model = keras.Model(backbone.input, head)
+
+    def run(data: bytes) -> dict[str, float]:
+        t0 = time.perf_counter()
+        image = decode_image(data)
+        t1 = time.perf_counter()
+        boxes = [d.box for d in detector.detect(image)]
+        t2 = time.perf_counter()
+        if boxes:
+            model.predict(crop_faces(image, boxes, 224, 0.2), verbose=0)
+        t3 = time.perf_counter()
+        return {"decode": (t1 - t0) * 1e3, "detect": (t2 - t1) * 1e3, "classify": (t3 - t2) * 1e3,
+                "total": (t3 - t0) * 1e3}
+    return run
+
+
+def measure(run, frames: list[bytes], repeats: int) -> dict[str, tuple[float, float]]:
+    for f in frames[:3]:
+        run(f)  # warm-up
+    samples = {s: [] for s in STAGES}
+    for _ in range(repeats):
+        for f in frames:
+            ms = run(f)
+            for s in STAGES:
+                samples[s].append(ms[s])
+    return {s: (float(np.median(v)), float(np.percentile(v, 95))) for s, v in samples.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--frames", type=int, default=20, help="distinct frames per face count")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--no-baseline", action="store_true")
+    args = p.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    settings = Settings.load()
+    if not (settings.data_dir / "kaggle-facemask").is_dir():
+        raise SystemExit(f"datasets not found under {settings.data_dir}; set MASKWATCH_DATA")
+    pipeline = build_pipeline(settings)
+    configs = {
+        f"maskwatch ({settings.detector}, tiles every frame)": lambda d: pipeline.process(d).ms,
+        f"maskwatch ({settings.detector}, without tiles)": lambda d: pipeline.process(d, tiles=False).ms,
+    }
+    if not args.no_baseline:
+        import keras
+        configs["seed-style (Haar + Keras predict 224 px)"] = seed_style(keras)
+
+    results = {}
+    for n in (1, 3, 8):
+        frames = compose_frames(settings.data_dir, n, args.frames)
+        for name, run in configs.items():
+            results[(name, n)] = measure(run, frames, args.repeats if "seed" not in name else 1)
+
+    print(f"640x480 JPEG frames, {args.frames} per face count; ms median / p95; {os.cpu_count()} cores")
+    print("| pipeline | faces | " + " | ".join(STAGES) + " |")
+    print("|---|---|" + "---|" * len(STAGES))
+    for (name, n), r in results.items():
+        print(f"| {name} | {n} | " + " | ".join(f"{r[s][0]:.1f} / {r[s][1]:.1f}" for s in STAGES) + " |")
+    if not args.no_baseline:
+        base = "seed-style (Haar + Keras predict 224 px)"
+        for name in configs:
+            if name != base:
+                ratio = results[(base, 3)]["total"][0] / results[(name, 3)]["total"][0]
+                print(f"3 faces: {name} is {ratio:.1f}x faster than the seed-style baseline (median total)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,236 @@
+// Camera page: stream webcam frames to the server, draw the boxes it sends back.
+// One frame in flight at a time: the next frame is captured when 'detections' (or an error)
+// for the previous one arrives, so a slow link or server never builds a backlog.
+(function () {
+  "use strict";
+
+  const COLOURS = { with_mask: "#4caf50", mask_incorrect: "#ffa000", without_mask: "#e53935" };
+  const NAMES = { with_mask: "mask", mask_incorrect: "incorrect", without_mask: "no mask" };
+  const SEND_WIDTH = 640;
+  const JPEG_QUALITY = 0.7;
+  const ANSWER_TIMEOUT_MS = 5000;
+
+  const $ = (id) => document.getElementById(id);
+  const video = $("video");
+  const overlay = $("overlay");
+  const ctx = overlay.getContext("2d");
+  const capture = document.createElement("canvas");
+  const captureCtx = capture.getContext("2d");
+
+  // State the page exposes for automated tests (and curious users in the console).
+  const state = (window.maskwatch = {
+    streaming: false, connected: false, framesSent: 0, framesAnswered: 0, errors: 0,
+    lastDetections: null, boxesDrawn: 0, lastError: null,
+  });
+
+  let stream = null;
+  let facing = "user";
+  let seq = 0;
+  let inFlight = null; // {seq, sentAt}
+  let watchdog = null;
+  let rttAvg = null;
+  let answerTimes = [];
+
+  const nameInput = $("camera-name");
+  nameInput.value = localStorage.getItem("maskwatch.camera") || "";
+  nameInput.addEventListener("change", () => localStorage.setItem("maskwatch.camera", nameInput.value.trim()));
+
+  function showMessage(text, kind) {
+    const box = $("message");
+    box.textContent = text;
+    box.className = "message " + (kind || "error");
+    box.hidden = !text;
+  }
+
+  const socket = io({ autoConnect: true, auth: (cb) => cb({ camera: nameInput.value.trim() }) });
+  const pill = $("connection");
+  function setConnected(on) {
+    state.connected = on;
+    pill.textContent = on ? "connected" : "reconnecting…";
+    pill.className = "pill " + (on ? "pill-on" : "pill-off");
+  }
+  socket.on("connect", () => { setConnected(true); inFlight = null; pump(); });
+  socket.on("disconnect", () => { setConnected(false); inFlight = null; });
+  socket.on("connect_error", () => setConnected(false));
+
+  socket.on("detections", (msg) => {
+    if (!inFlight || msg.seq !== inFlight.seq) return; // a stale answer after a reconnect
+    const rtt = performance.now() - inFlight.sentAt;
+    inFlight = null;
+    clearTimeout(watchdog);
+    state.framesAnswered += 1;
+    state.lastDetections = msg;
+    rttAvg = rttAvg === null ? rtt : 0.8 * rttAvg + 0.2 * rtt;
+    const now = performance.now();
+    answerTimes.push(now);
+    answerTimes = answerTimes.filter((t) => now - t < 2000);
+    $("hud-fps").textContent = (answerTimes.length / 2).toFixed(1);
+    $("hud-rtt").textContent = Math.round(rttAvg) + " ms";
+    $("hud-faces").textContent = String(msg.faces.length);
+    draw(msg);
+    pump();
+  });
+
+  socket.on("frame_error", (msg) => {
+    state.errors += 1;
+    state.lastError = msg;
+    if (inFlight && (msg.seq === null || msg.seq === inFlight.seq)) {
+      inFlight = null;
+      clearTimeout(watchdog);
+    }
+    showMessage("The server refused a frame: " + msg.message, "warning");
+    setTimeout(pump, 250);
+  });
+
+  function resizeOverlay() {
+    const r = video.getBoundingClientRect();
+    const dpr = window.devicePixelRatio || 1;
+    overlay.width = Math.round(r.width * dpr);
+    overlay.height = Math.round(r.height * dpr);
+    overlay.style.width = r.width + "px";
+    overlay.style.height = r.height + "px";
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+  }
+  window.addEventListener("resize", resizeOverlay);
+
+  function draw(msg) {
+    resizeOverlay();
+    const r = video.getBoundingClientRect();
+    ctx.clearRect(0, 0, r.width, r.height);
+    // The video is letterboxed inside its box (object-fit: contain): map frame pixels onto it.
+    const scale = Math.min(r.width / msg.width, r.height / msg.height);
+    const ox = (r.width - msg.width * scale) / 2;
+    const oy = (r.height - msg.height * scale) / 2;
+    ctx.font = "600 14px system-ui, sans-serif";
+    ctx.textBaseline = "bottom";
+    for (const face of msg.faces) {
+      const [x0, y0, x1, y1] = face.box;
+      const x = ox + x0 * scale, y = oy + y0 * scale, w = (x1 - x0) * scale, h = (y1 - y0) * scale;
+      const colour = COLOURS[face.label] || "#fff";
+      ctx.lineWidth = 3;
+      ctx.strokeStyle = colour;
+      ctx.strokeRect(x, y, w, h);
+      const text = `${NAMES[face.label] || face.label} ${Math.round(face.score * 100)}%`;
+      const tw = ctx.measureText(text).width + 8;
+      const ty = y > 20 ? y : y + h + 20;
+      ctx.fillStyle = colour;
+      ctx.fillRect(x - 1.5, ty - 20, tw, 20);
+      ctx.fillStyle = "#111";
+      ctx.fillText(text, x + 3, ty - 3);
+    }
+    state.boxesDrawn = msg.faces.length;
+  }
+
+  function pump() {
+    if (!state.streaming || !state.connected || inFlight || video.readyState < 2) return;
+    const vw = video.videoWidth, vh = video.videoHeight;
+    if (!vw || !vh) { setTimeout(pump, 100); return; }
+    const w = Math.min(SEND_WIDTH, vw);
+    const h = Math.round((vh * w) / vw);
+    if (capture.width !== w || capture.height !== h) { capture.width = w; capture.height = h; }
+    captureCtx.drawImage(video, 0, 0, w, h);
+    const mySeq = ++seq;
+    inFlight = { seq: mySeq, sentAt: performance.now() };
+    capture.toBlob(async (blob) => {
+      if (!blob || !inFlight || inFlight.seq !== mySeq) return;
+      const image = await blob.arrayBuffer();
+      socket.emit("frame", { seq: mySeq, image, camera: nameInput.value.trim() || undefined });
+      state.framesSent += 1;
+      watchdog = setTimeout(() => { if (inFlight && inFlight.seq === mySeq) { inFlight = null; pump(); } },
+        ANSWER_TIMEOUT_MS);
+    }, "image/jpeg", JPEG_QUALITY);
+  }
+
+  function cameraError(err) {
+    const name = err && err.name;
+    if (name === "NotAllowedError" || name === "SecurityError") {
+      return "Camera permission was denied. Allow camera access for this site in the browser's " +
+        "site settings (the camera icon in the address bar), then press Start camera again.";
+    }
+    if (name === "NotFoundError" || name === "OverconstrainedError" || name === "DevicesNotFoundError") {
+      return "No camera was found. Connect a camera, or pick another one in the list, and press Start camera again.";
+    }
+    if (name === "NotReadableError" || name === "AbortError") {
+      return "The camera is busy: close other apps or tabs that use it, then press Start camera again.";
+    }
+    return "The camera could not be started (" + (err && err.message ? err.message : name) + ").";
+  }
+
+  async function listDevices() {
+    const select = $("device");
+    const current = select.value;
+    const devices = (await navigator.mediaDevices.enumerateDevices()).filter((d) => d.kind === "videoinput");
+    select.innerHTML = "";
+    const def = new Option("default", "");
+    select.add(def);
+    devices.forEach((d, i) => select.add(new Option(d.label || `camera ${i + 1}`, d.deviceId)));
+    select.value = devices.some((d) => d.deviceId === current) ? current : "";
+    $("flip").hidden = devices.length < 2;
+  }
+
+  async function start() {
+    showMessage("");
+    if (!window.isSecureContext || !navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+      showMessage("Browsers only give cameras to secure pages. Open this page over https:// " +
+        "(start the server with --certfile/--keyfile; see the README, \"Run at an entrance\"), " +
+        "or on the server machine itself at http://localhost.", "error");
+      return;
+    }
+    const [w, h] = $("resolution").value.split("x").map(Number);
+    const deviceId = $("device").value;
+    const constraints = {
+      audio: false,
+      video: deviceId ? { deviceId: { exact: deviceId }, width: { ideal: w }, height: { ideal: h } }
+        : { facingMode: facing, width: { ideal: w }, height: { ideal: h } },
+    };
+    stopStream();
+    try {
+      stream = await navigator.mediaDevices.getUserMedia(constraints);
+    } catch (err) {
+      showMessage(cameraError(err), "error");
+      return;
+    }
+    video.srcObject = stream;
+    await video.play().catch(() => {});
+    state.streaming = true;
+    $("placeholder").hidden = true;
+    $("start").hidden = true;
+    $("stop").hidden = false;
+    listDevices().catch(() => {});
+    video.addEventListener("loadeddata", pump, { once: true });
+    pump();
+  }
+
+  function stopStream() {
+    if (stream) stream.getTracks().forEach((t) => t.stop());
+    stream = null;
+  }
+
+  function stop() {
+    state.streaming = false;
+    inFlight = null;
+    stopStream();
+    video.srcObject = null;
+    resizeOverlay();
+    ctx.clearRect(0, 0, overlay.width, overlay.height);
+    $("placeholder").hidden = false;
+    $("start").hidden = false;
+    $("stop").hidden = true;
+    ["hud-fps", "hud-rtt", "hud-faces"].forEach((id) => ($(id).textContent = "–"));
+  }
+
+  $("start").addEventListener("click", start);
+  $("stop").addEventListener("click", stop);
+  $("flip").addEventListener("click", () => {
+    facing = facing === "user" ? "environment" : "user";
+    $("device").value = "";
+    if (state.streaming) start();
+  });
+  $("device").addEventListener("change", () => { if (state.streaming) start(); });
+  $("resolution").addEventListener("change", () => { if (state.streaming) start(); });
+  if (navigator.mediaDevices && navigator.mediaDevices.enumerateDevices) listDevices().catch(() => {});
+  if (!window.isSecureContext) {
+    showMessage("This page is not secure (http:// on another machine): the browser will not allow the camera. " +
+      "Use https:// - see the README, \"Run at an entrance\".", "warning");
+  }
+})();

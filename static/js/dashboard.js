@@ -1,0 +1,79 @@
+// Dashboard: live counts per class, compliance, cameras and a chart, all fed by 'counts'.
+(function () {
+  "use strict";
+
+  const LABELS = ["with_mask", "mask_incorrect", "without_mask"];
+  const COLOURS = { with_mask: "#4caf50", mask_incorrect: "#ffa000", without_mask: "#e53935" };
+  const TITLES = { with_mask: "mask worn", mask_incorrect: "worn incorrectly", without_mask: "no mask" };
+  const HISTORY_MS = 10 * 60 * 1000;
+  const $ = (id) => document.getElementById(id);
+
+  const state = (window.maskwatchDashboard = { lastCounts: null, updates: 0 });
+
+  const chart = new Chart($("chart"), {
+    type: "line",
+    data: {
+      datasets: LABELS.map((l) => ({
+        label: TITLES[l], data: [], borderColor: COLOURS[l], backgroundColor: COLOURS[l],
+        pointRadius: 0, borderWidth: 2, stepped: true,
+      })),
+    },
+    options: {
+      animation: false, responsive: true, maintainAspectRatio: false, parsing: false,
+      scales: {
+        x: { type: "linear", ticks: { callback: (v) => new Date(v).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }) } },
+        y: { beginAtZero: true, ticks: { precision: 0 } },
+      },
+      plugins: { legend: { position: "bottom" } },
+    },
+  });
+
+  function cell(text) {
+    const td = document.createElement("td");
+    td.textContent = text;
+    return td;
+  }
+
+  function ago(iso) {
+    if (!iso) return "never";
+    const s = Math.max(0, (Date.now() - Date.parse(iso)) / 1000);
+    return s < 2 ? "now" : s < 60 ? `${Math.round(s)} s ago` : `${Math.round(s / 60)} min ago`;
+  }
+
+  function render(c) {
+    state.lastCounts = c;
+    state.updates += 1;
+    for (const l of LABELS) $("now-" + l).textContent = String(c.in_view[l]);
+    $("compliance").textContent = c.compliance === null ? "–" : `${Math.round(c.compliance * 100)}%`;
+    const body = $("cameras");
+    body.innerHTML = "";
+    if (!c.cameras.length) {
+      const tr = document.createElement("tr");
+      tr.className = "empty";
+      const td = cell("No camera connected. Open the camera page on a device at the entrance.");
+      td.colSpan = 6;
+      tr.appendChild(td);
+      body.appendChild(tr);
+    }
+    for (const cam of c.cameras) {
+      const tr = document.createElement("tr");
+      if (cam.in_view.without_mask || cam.in_view.mask_incorrect) tr.className = "alert";
+      [cam.name, cam.fps.toFixed(1), ago(cam.last_seen), cam.in_view.with_mask, cam.in_view.mask_incorrect,
+        cam.in_view.without_mask].forEach((v) => tr.appendChild(cell(String(v))));
+      body.appendChild(tr);
+    }
+    const t = Date.parse(c.ts);
+    chart.data.datasets.forEach((ds, i) => {
+      ds.data.push({ x: t, y: c.in_view[LABELS[i]] });
+      while (ds.data.length && t - ds.data[0].x > HISTORY_MS) ds.data.shift();
+    });
+    chart.update("none");
+    $("updated").textContent = "Updated " + new Date(t).toLocaleTimeString();
+  }
+
+  const socket = io("/dashboard");
+  const pill = $("connection");
+  socket.on("connect", () => { pill.textContent = "live"; pill.className = "pill pill-on"; });
+  socket.on("disconnect", () => { pill.textContent = "reconnecting…"; pill.className = "pill pill-off"; });
+  socket.on("counts", render);
+})();

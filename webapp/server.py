@@ -1,0 +1,73 @@
+"""The production server: gunicorn, one worker process, Flask-SocketIO inside it.
+
+One worker because Socket.IO keeps per-connection state in the process (and the models
+would be loaded once per worker). In threading mode the worker is gunicorn's threaded
+``gthread`` worker with simple-websocket; each open WebSocket holds one of its threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from webapp.config import Settings
+
+log = logging.getLogger("maskwatch.server")
+
+WORKER_CLASSES = {"threading": "gthread", "eventlet": "eventlet", "gevent": "gevent"}
+
+
+class MaskwatchServer(BaseApplication):
+    def __init__(self, settings: Settings, urls: list[str]) -> None:
+        self.settings = settings
+        self.urls = urls
+        super().__init__()
+
+    def load_config(self) -> None:
+        s = self.settings
+        options: dict[str, Any] = {
+            "bind": f"[{s.host}]:{s.port}" if ":" in s.host else f"{s.host}:{s.port}",
+            "workers": 1,
+            "worker_class": WORKER_CLASSES[s.async_mode],
+            "threads": 64 if s.async_mode == "threading" else 1,
+            "worker_connections": 1000,
+            "timeout": 120,
+            "graceful_timeout": 5,
+            "accesslog": None,
+            "errorlog": "-",
+            "loglevel": "warning",
+            "when_ready": self._announce,
+        }
+        if s.certfile:
+            options.update(certfile=str(s.certfile), keyfile=str(s.keyfile))
+        for key, value in options.items():
+            self.cfg.set(key, value)
+
+    def _announce(self, _server) -> None:
+        lines = ["maskwatch is running. Open the camera page at:"] + [f"    {u}" for u in self.urls]
+        lines.append(f"and the dashboard at {self.urls[0]}dashboard   (Ctrl+C stops)")
+        print("\n".join(lines), flush=True)
+
+    def load(self):
+        from webapp import create_app
+
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return create_app(self._overrides())
+
+    def _overrides(self) -> dict[str, Any]:
+        import dataclasses
+        return {f.name: getattr(self.settings, f.name) for f in dataclasses.fields(self.settings)}
+
+
+def run_server(settings: Settings, urls: list[str]) -> int:
+    if settings.async_mode == "eventlet":
+        try:
+            import eventlet  # noqa: F401
+        except ImportError:
+            raise ValueError("--async-mode eventlet needs: pip install '.[eventlet]'") from None
+    MaskwatchServer(settings, urls).run()
+    return 0

@@ -1,0 +1,76 @@
+"""HTTP routes: the two pages, health and stats JSON, and the npm front-end files we serve."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from functools import lru_cache
+from pathlib import Path
+
+from flask import Blueprint, abort, current_app, jsonify, render_template, send_from_directory
+
+from webapp import __version__
+from webapp.config import PROJECT_ROOT
+
+bp = Blueprint("views", __name__)
+
+NODE_MODULES = PROJECT_ROOT / "node_modules"
+# Front-end libraries from npm (package-lock.json), served by us: the app needs no internet.
+VENDOR_FILES = {
+    "socket.io.min.js": "socket.io-client/dist/socket.io.min.js",
+    "chart.umd.min.js": "chart.js/dist/chart.umd.min.js",
+}
+
+
+def _service():
+    return current_app.extensions["maskwatch"]
+
+
+@bp.get("/")
+def camera():
+    return render_template("camera.html", settings=_service().settings)
+
+
+@bp.get("/dashboard")
+def dashboard():
+    return render_template("dashboard.html")
+
+
+@lru_cache(maxsize=8)
+def _sha256(path: Path, mtime: float) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@bp.get("/healthz")
+def healthz():
+    service = _service()
+    model = service.settings.model_dir / "mask_classifier.tflite"
+    return jsonify({
+        "status": "ok",
+        "version": __version__,
+        "model": {"file": str(model), "sha256": _sha256(model, model.stat().st_mtime)},
+        "detector": service.settings.detector,
+        "async_mode": service.settings.async_mode,
+        "uptime_s": round(time.time() - service.started, 1),
+        "frames": service.slots.waiting(),
+    })
+
+
+@bp.get("/api/stats")
+def stats():
+    return jsonify(_service().stats.snapshot())
+
+
+@bp.get("/vendor/<name>")
+def vendor(name: str):
+    relative = VENDOR_FILES.get(name)
+    if relative is None:
+        abort(404)
+    path = NODE_MODULES / relative
+    if not path.is_file():
+        abort(503, description=f"{relative} is missing: run `npm ci` (scripts/install does)")
+    return send_from_directory(path.parent, path.name, max_age=3600)
