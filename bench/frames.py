@@ -27,7 +27,7 @@ def compose_frames(data_dir: Path, faces_per_frame: int, count: int, seed: int =
     for _ in range(count):
         bg_sample = kaggle[int(rng.integers(len(kaggle)))]
         frame = cv2.resize(read_rgb(bg_sample.path), (640, 480), interpolation=cv2.INTER_AREA)
-        frame = cv2.GaussianBlur(frame, (0, 0), 6)  # keep background faces from counting
+        frame = cv2.GaussianBlur(frame, (0, 0), 12)  # background people out of focus
         slots = _slots(faces_per_frame, rng)
         for (x, y, size) in slots:
             sample, face = big[int(rng.integers(len(big)))]

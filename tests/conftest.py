@@ -82,3 +82,55 @@ def voc_xml(filename: str, width: int, height: int, objects: list[tuple[str, tup
 @pytest.fixture(autouse=True, scope="session")
 def _quiet_tensorflow() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    """``maskwatch serve`` (gunicorn + Flask-SocketIO) in a subprocess on a loopback port."""
+
+    def __init__(self, extra_args=(), env=None, scheme="http") -> None:
+        import subprocess
+        import sys
+        self.port = free_port()
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
+        self.log = None
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "webapp.cli", "serve", "--port", str(self.port), *extra_args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+            env={**os.environ, **(env or {})})
+
+    def wait_ready(self, timeout: float = 60.0, verify=True) -> "LiveServer":
+        import time
+        import requests
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.proc.stdout.read()}")
+            try:
+                if requests.get(self.url + "/healthz", timeout=1, verify=verify).ok:
+                    return self
+            except requests.RequestException:
+                time.sleep(0.2)
+        raise TimeoutError("server did not become ready")
+
+    def stop(self) -> str:
+        self.proc.terminate()
+        try:
+            out, _ = self.proc.communicate(timeout=15)
+        except Exception:  # noqa: BLE001
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+        return out
+
+
+@pytest.fixture(scope="module")
+def live_server():
+    server = LiveServer(env={"MASKWATCH_WORKERS": "2"}).wait_ready()
+    yield server
+    server.stop()

@@ -21,7 +21,7 @@
     options: {
       animation: false, responsive: true, maintainAspectRatio: false, parsing: false,
       scales: {
-        x: { type: "linear", ticks: { callback: (v) => new Date(v).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }) } },
+        x: { type: "linear", ticks: { maxTicksLimit: 8, callback: (v) => new Date(v).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" }) } },
         y: { beginAtZero: true, ticks: { precision: 0 } },
       },
       plugins: { legend: { position: "bottom" } },

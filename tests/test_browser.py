@@ -1,0 +1,113 @@
+"""Real headless Chromium (Debian's) with a fake webcam playing dataset faces, driven by Playwright.
+
+The y4m video is built at test time from dataset images (in the test's temporary folder);
+screenshots are saved there too. Nothing cut from a dataset goes into the repository.
+"""
+
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from bench.frames import compose_frames
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+         "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
+
+
+def write_y4m(path: Path, frames_jpeg: list[bytes], repeat: int = 3) -> None:
+    """YUV4MPEG2 4:2:0 video: what Chromium's fake capture device reads."""
+    first = cv2.imdecode(np.frombuffer(frames_jpeg[0], np.uint8), cv2.IMREAD_COLOR)
+    h, w = first.shape[:2]
+    with path.open("wb") as f:
+        f.write(f"YUV4MPEG2 W{w} H{h} F10:1 Ip A1:1 C420jpeg\n".encode())
+        for data in frames_jpeg:
+            bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+            yuv = cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420).tobytes()
+            for _ in range(repeat):
+                f.write(b"FRAME\n" + yuv)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run does)")
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        yield p
+
+
+def launch(p, video: Path):
+    return p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                             args=FLAGS + [f"--use-file-for-fake-video-capture={video}"])
+
+
+def test_camera_page_streams_and_dashboard_counts(browser, live_server, data_dir, tmp_path):
+    video = tmp_path / "faces.y4m"
+    write_y4m(video, compose_frames(data_dir, 3, 6, seed=7))
+    chromium = launch(browser, video)
+    try:
+        context = chromium.new_context(viewport={"width": 1100, "height": 900})
+        camera = context.new_page()
+        camera_errors = []
+        camera.on("pageerror", lambda e: camera_errors.append(str(e)))
+        camera.goto(live_server.url.replace("127.0.0.1", "localhost") + "/")
+        camera.fill("#camera-name", "browser test door")
+        camera.click("#start")
+        camera.wait_for_function("window.maskwatch.framesAnswered >= 5", timeout=60_000)
+        camera.wait_for_function("window.maskwatch.boxesDrawn > 0", timeout=30_000)
+        state = camera.evaluate("window.maskwatch")
+        assert state["streaming"] and state["connected"] and state["errors"] == 0
+        assert state["lastDetections"]["width"] == 640
+        # Boxes really are on the overlay canvas: count painted pixels.
+        painted = camera.evaluate("""() => {
+            const c = document.getElementById('overlay');
+            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++;
+            return n; }""")
+        assert painted > 500
+        assert camera.text_content("#hud-faces") not in ("", "–")
+        camera.screenshot(path=str(tmp_path / "camera.png"))
+
+        dashboard = context.new_page()
+        dashboard.goto(live_server.url.replace("127.0.0.1", "localhost") + "/dashboard")
+        dashboard.wait_for_function(
+            "window.maskwatchDashboard.lastCounts && "
+            "Object.values(window.maskwatchDashboard.lastCounts.in_view).reduce((a, b) => a + b, 0) > 0",
+            timeout=30_000)
+        counts = dashboard.evaluate("window.maskwatchDashboard.lastCounts")
+        assert any(c["name"] == "browser test door" for c in counts["cameras"])
+        total = sum(int(dashboard.text_content(f"#now-{l}")) for l in ("with_mask", "mask_incorrect", "without_mask"))
+        assert total > 0
+        dashboard.screenshot(path=str(tmp_path / "dashboard.png"))
+        camera.click("#stop")
+        assert not camera.evaluate("window.maskwatch.streaming")
+        assert not camera_errors
+    finally:
+        chromium.close()
+    print(f"screenshots: {tmp_path / 'camera.png'} {tmp_path / 'dashboard.png'}")
+
+
+def test_insecure_origin_message(browser, live_server, tmp_path, data_dir):
+    """Plain http under a LAN name: the browser refuses cameras, and the page says why."""
+    video = tmp_path / "v.y4m"
+    write_y4m(video, compose_frames(data_dir, 1, 1), repeat=1)
+    chromium = browser.chromium.launch(
+        executable_path=CHROMIUM, headless=True,
+        args=FLAGS + [f"--use-file-for-fake-video-capture={video}",
+                      "--host-resolver-rules=MAP entrance.lan 127.0.0.1"])
+    try:
+        page = chromium.new_page()
+        page.goto(f"http://entrance.lan:{live_server.port}/")
+        assert page.evaluate("window.isSecureContext") is False
+        assert "https" in page.text_content("#message")  # warned on load
+        page.click("#start")
+        message = page.text_content("#message")
+        assert "secure" in message and "https://" in message and "localhost" in message
+        assert not page.evaluate("window.maskwatch.streaming")
+    finally:
+        chromium.close()

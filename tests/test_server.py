@@ -1,0 +1,197 @@
+"""A real server (gunicorn + Flask-SocketIO on loopback) driven by real Socket.IO clients."""
+
+import threading
+import time
+from datetime import datetime
+
+import cv2
+import numpy as np
+import pytest
+import requests
+import socketio
+
+from tests.conftest import synthetic_face
+from webapp.slots import FrameSlots, Pending
+from webapp.stats import LiveStats
+from webapp.vision.labels import LABELS
+
+
+class Camera:
+    """A python-socketio camera client that records what the server sends it."""
+
+    def __init__(self, url: str, name: str | None = None) -> None:
+        self.sio = socketio.Client(reconnection=False)
+        self.detections, self.errors = [], []
+        self.sio.on("detections", self.detections.append)
+        self.sio.on("frame_error", self.errors.append)
+        self.sio.connect(url, transports=["websocket"], auth={"camera": name} if name else None, wait_timeout=10)
+
+    def close(self):
+        self.sio.disconnect()
+
+
+@pytest.fixture
+def frame_bytes(data_dir):
+    return (data_dir / "kaggle-facemask" / "images" / "maksssksksss1.jpg").read_bytes()
+
+
+def answer(cam: Camera, payload, timeout=20.0):
+    n_det, n_err = len(cam.detections), len(cam.errors)
+    cam.sio.emit("frame", payload)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if len(cam.errors) > n_err:
+            return "frame_error", cam.errors[-1]
+        if len(cam.detections) > n_det:
+            return "detections", cam.detections[-1]
+        time.sleep(0.01)
+    raise AssertionError("no answer from the server")
+
+
+def check_detections(msg, seq, width, height):
+    assert set(msg) == {"seq", "width", "height", "faces", "ms"}
+    assert msg["seq"] == seq and (msg["width"], msg["height"]) == (width, height)
+    assert set(msg["ms"]) == {"decode", "detect", "classify", "total"}
+    for face in msg["faces"]:
+        assert set(face) == {"box", "label", "score", "track"}
+        assert face["label"] in LABELS and 0 <= face["score"] <= 1
+        x0, y0, x1, y1 = face["box"]
+        assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
+
+
+def test_http_routes(live_server):
+    health = requests.get(live_server.url + "/healthz", timeout=5).json()
+    assert health["status"] == "ok" and len(health["model"]["sha256"]) == 64
+    assert health["model"]["file"].endswith("mask_classifier.tflite") and health["uptime_s"] >= 0
+    for path in ("/", "/dashboard"):
+        page = requests.get(live_server.url + path, timeout=5)
+        assert page.ok and "/vendor/socket.io.min.js" in page.text
+        assert "cdn" not in page.text.lower()
+    assert requests.get(live_server.url + "/vendor/socket.io.min.js", timeout=5).ok
+    assert requests.get(live_server.url + "/vendor/chart.umd.min.js", timeout=5).ok
+    assert requests.get(live_server.url + "/vendor/../../etc/passwd", timeout=5).status_code == 404
+    stats = requests.get(live_server.url + "/api/stats", timeout=5).json()
+    assert set(stats) == {"in_view", "people", "compliance", "cameras", "ts"}
+
+
+def test_real_frame_gets_detections(live_server, frame_bytes):
+    cam = Camera(live_server.url, "door")
+    try:
+        kind, msg = answer(cam, {"seq": 7, "image": frame_bytes, "camera": "door"})
+        assert kind == "detections"
+        check_detections(msg, 7, 400, 156)
+        labels = [f["label"] for f in msg["faces"]]
+        assert len(labels) >= 4 and labels.count("with_mask") >= 3  # the photo shows masked people
+    finally:
+        cam.close()
+
+
+BAD = [
+    ("not an object", "frame", "bad_payload"),
+    ("seq missing", {"image": b"\xff\xd8\xff"}, "bad_payload"),
+    ("seq not int", {"seq": "1", "image": b"\xff\xd8\xff"}, "bad_payload"),
+    ("image not binary", {"seq": 1, "image": "aGVsbG8="}, "bad_payload"),
+    ("camera not str", {"seq": 1, "image": b"\xff\xd8\xff\xd9", "camera": 5}, "bad_payload"),
+    ("text as image", {"seq": 1, "image": b"hello world"}, "not_an_image"),
+    ("truncated jpeg", {"seq": 1, "image": b"\xff\xd8\xff\xe0" + b"\0" * 100}, "not_an_image"),
+    ("too large", {"seq": 1, "image": b"\xff\xd8\xff" + b"\0" * (2 * 1024 * 1024 + 10)}, "too_large"),
+]
+
+
+@pytest.mark.parametrize("name, payload, code", BAD, ids=[b[0] for b in BAD])
+def test_malformed_frames_get_errors_and_the_connection_stays_usable(live_server, frame_bytes, name, payload, code):
+    cam = Camera(live_server.url)
+    try:
+        kind, msg = answer(cam, payload)
+        assert kind == "frame_error" and msg["code"] == code and msg["message"]
+        if isinstance(payload, dict) and isinstance(payload.get("seq"), int):
+            assert msg["seq"] == payload["seq"]
+        kind, msg = answer(cam, {"seq": 99, "image": frame_bytes})
+        assert kind == "detections" and msg["seq"] == 99
+    finally:
+        cam.close()
+
+
+def test_dashboard_counts_follow_frames_from_two_cameras(live_server, frame_bytes):
+    dash = socketio.Client(reconnection=False)
+    counts = []
+    dash.on("counts", lambda c: counts.append(c), namespace="/dashboard")
+    dash.connect(live_server.url, namespaces=["/dashboard"], transports=["websocket"], wait_timeout=10)
+    a, b = Camera(live_server.url, "north door"), Camera(live_server.url, "south door")
+    try:
+        deadline = time.time() + 10
+        while not counts and time.time() < deadline:
+            time.sleep(0.05)
+        assert counts, "no counts on connect"
+        blank = cv2.imencode(".png", np.zeros((120, 160, 3), np.uint8))[1].tobytes()
+        results = {}
+
+        def stream(cam, name, image, n):
+            for i in range(n):
+                results[(name, i)] = answer(cam, {"seq": i, "image": image, "camera": name})
+
+        threads = [threading.Thread(target=stream, args=(a, "north door", frame_bytes, 5)),
+                   threading.Thread(target=stream, args=(b, "south door", blank, 5))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert all(kind == "detections" for kind, _ in results.values()) and len(results) == 10
+        faces_north = len(results[("north door", 4)][1]["faces"])
+        deadline = time.time() + 5
+        while time.time() < deadline:
+            cams = {c["name"]: c for c in counts[-1]["cameras"]}
+            if {"north door", "south door"} <= set(cams) and sum(cams["north door"]["in_view"].values()) == faces_north:
+                break
+            time.sleep(0.1)
+        last = counts[-1]
+        cams = {c["name"]: c for c in last["cameras"]}
+        assert sum(cams["north door"]["in_view"].values()) == faces_north >= 4
+        assert sum(cams["south door"]["in_view"].values()) == 0
+        assert sum(last["in_view"].values()) == faces_north
+        assert 0 <= last["compliance"] <= 1
+        assert cams["north door"]["fps"] > 0
+        api = requests.get(live_server.url + "/api/stats", timeout=5).json()
+        assert api["in_view"] == last["in_view"]
+        # 'counts' at most twice a second (apart from the one sent on connect)
+        stamps = [datetime.fromisoformat(c["ts"]).timestamp() for c in counts[1:]]
+        assert all(b - a >= 0.45 for a, b in zip(stamps, stamps[1:]))
+    finally:
+        a.close()
+        b.close()
+        dash.disconnect()
+
+
+def test_frame_slots_keep_only_the_newest_frame():
+    slots = FrameSlots()
+    p = lambda seq: Pending(seq, b"", None, 0.0, seq)  # noqa: E731
+    assert slots.put("a", p(1)) is None
+    assert slots.put("a", p(2)).seq == 1  # replaced, reported as dropped
+    slots.put("b", p(10))
+    key, job = slots.take(0.1)
+    assert (key, job.seq) == ("a", 2)
+    slots.put("a", p(3))  # arrives while a is being processed
+    key, job = slots.take(0.1)
+    assert (key, job.seq) == ("b", 10)  # a is busy: never two frames of one camera at once
+    assert slots.take(0.05) is None
+    slots.done("a")
+    key, job = slots.take(0.1)
+    assert (key, job.seq) == ("a", 3)
+    slots.discard("a")
+    slots.done("a")
+    assert slots.take(0.05) is None
+
+
+def test_live_stats_snapshot():
+    stats = LiveStats()
+    stats.camera_connected("s1", "door")
+    stats.record("s1", "door", ["with_mask", "with_mask", "without_mask"], 12.0, now=100.0)
+    stats.record("s1", "door", ["with_mask", "without_mask"], 10.0, now=100.1)
+    snap = stats.snapshot(now=100.2)
+    assert snap["in_view"] == {"with_mask": 1, "mask_incorrect": 0, "without_mask": 1}
+    assert snap["compliance"] == 0.5
+    assert snap["cameras"][0]["fps"] == pytest.approx(10.0)
+    stale = stats.snapshot(now=200.0)
+    assert stale["in_view"]["with_mask"] == 0 and stale["compliance"] is None
+    stats.camera_gone("s1")
+    assert stats.snapshot()["cameras"] == []
