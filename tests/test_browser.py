@@ -55,11 +55,12 @@ def test_camera_page_streams_and_dashboard_counts(browser, live_server, data_dir
         camera = context.new_page()
         camera_errors = []
         camera.on("pageerror", lambda e: camera_errors.append(str(e)))
+        camera.on("console", lambda m: m.type == "error" and camera_errors.append(m.text))
         camera.goto(live_server.url.replace("127.0.0.1", "localhost") + "/")
         camera.fill("#camera-name", "browser test door")
         camera.click("#start")
-        camera.wait_for_function("window.maskwatch.framesAnswered >= 5", timeout=60_000)
-        camera.wait_for_function("window.maskwatch.boxesDrawn > 0", timeout=30_000)
+        camera.wait_for_function("() => window.maskwatch.framesAnswered >= 5", timeout=60_000)
+        camera.wait_for_function("() => window.maskwatch.boxesDrawn > 0", timeout=30_000)
         state = camera.evaluate("window.maskwatch")
         assert state["streaming"] and state["connected"] and state["errors"] == 0
         assert state["lastDetections"]["width"] == 640
@@ -74,9 +75,10 @@ def test_camera_page_streams_and_dashboard_counts(browser, live_server, data_dir
         camera.screenshot(path=str(tmp_path / "camera.png"))
 
         dashboard = context.new_page()
+        dashboard.on("console", lambda m: m.type == "error" and camera_errors.append(m.text))
         dashboard.goto(live_server.url.replace("127.0.0.1", "localhost") + "/dashboard")
         dashboard.wait_for_function(
-            "window.maskwatchDashboard.lastCounts && "
+            "() => window.maskwatchDashboard.lastCounts && "
             "Object.values(window.maskwatchDashboard.lastCounts.in_view).reduce((a, b) => a + b, 0) > 0",
             timeout=30_000)
         counts = dashboard.evaluate("window.maskwatchDashboard.lastCounts")

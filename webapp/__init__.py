@@ -23,6 +23,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     from webapp.cli import build_pipeline
     from webapp.config import PROJECT_ROOT, Settings
     from webapp.events import CameraNamespace, DashboardNamespace, InferenceService
+    from webapp import security
     from webapp.views import bp
 
     settings = Settings.load(test_config)
@@ -31,6 +32,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     Path(app.instance_path).mkdir(parents=True, exist_ok=True)
     app.config.update(MAX_CONTENT_LENGTH=1024 * 1024)
     app.register_blueprint(bp)
+    security.init_app(app)
 
     # Same-origin Socket.IO only (no CORS list); the message limit sits above the frame limit
     # so an oversized frame is answered with frame_error 'too_large', not a dropped connection.

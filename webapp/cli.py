@@ -142,12 +142,25 @@ def server_urls(settings: Settings) -> list[str]:
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from webapp.server import run_server
 
+    if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.token and not settings.no_auth:
+        raise ValueError(f"binding to {settings.host} lets anyone on the network in: give an access token "
+                         "(--token T or MASKWATCH_TOKEN), or --no-auth to run open on purpose")
     if bool(settings.certfile) != bool(settings.keyfile):
         raise ValueError("--certfile and --keyfile go together")
     for f in filter(None, (settings.certfile, settings.keyfile)):
         if not Path(f).is_file():
             raise ValueError(f"file not found: {f}")
     return run_server(settings, server_urls(settings))
+
+
+def cmd_gen_cert(args: argparse.Namespace, settings: Settings) -> int:
+    from webapp.certs import default_names, generate, instructions
+
+    addresses = lan_addresses() + ["127.0.0.1"]
+    names = default_names() + list(args.name or [])
+    cert, key = generate(args.out, names, addresses + list(args.ip or []), args.days)
+    print(instructions(cert, key, lan_addresses(), settings.port))
+    return 0
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -169,7 +182,16 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--async-mode", choices=("threading", "eventlet", "gevent"),
                    help="Socket.IO server mode (default threading)")
     s.add_argument("--workers", type=int, help="inference worker threads (default: one per core)")
+    s.add_argument("--token", help="access token for pages and sockets (or MASKWATCH_TOKEN)")
+    s.add_argument("--no-auth", action="store_true", default=None,
+                   help="allow a non-loopback bind without a token (anyone on the network can use it)")
     s.set_defaults(func=cmd_serve)
+    g = sub.add_parser("gen-cert", help="make a self-signed TLS certificate for this machine's LAN names")
+    g.add_argument("--out", type=Path, default=Path("instance"), help="folder for the files (default: instance/)")
+    g.add_argument("--name", action="append", help="extra DNS name to cover (repeatable)")
+    g.add_argument("--ip", action="append", help="extra IP address to cover (repeatable)")
+    g.add_argument("--days", type=int, default=825)
+    g.set_defaults(func=cmd_gen_cert)
     return p
 
 
@@ -179,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         overrides = {"model_dir": args.model, "detector": args.detector}
-        for key in ("host", "port", "certfile", "keyfile", "async_mode", "workers"):
+        for key in ("host", "port", "certfile", "keyfile", "async_mode", "workers", "token", "no_auth"):
             overrides[key] = getattr(args, key, None)
         settings = Settings.load(overrides)
         return args.func(args, settings)

@@ -54,6 +54,9 @@ class Settings:
     async_mode: str = "threading"
     certfile: Path | None = None
     keyfile: Path | None = None
+    # Access token for every page, API and socket; required when binding beyond loopback.
+    token: str | None = None
+    no_auth: bool = False
     # Dashboard 'counts' events at most this often (seconds).
     counts_interval: float = 0.5
 

@@ -15,9 +15,10 @@ import time
 from typing import Any, Callable
 
 from flask import request
-from flask_socketio import Namespace, SocketIO
+from flask_socketio import ConnectionRefusedError, Namespace, SocketIO
 
 from webapp.config import Settings
+from webapp.security import token_ok
 from webapp.slots import FrameSlots, Pending
 from webapp.stats import LiveStats
 from webapp.vision.pipeline import FRAME_FORMATS, FrameError, Pipeline, TooLarge, sniff_format
@@ -158,6 +159,8 @@ class CameraNamespace(Namespace):
         self.service = service
 
     def on_connect(self, auth: Any = None) -> None:
+        if not token_ok(request, self.service.settings.token):
+            raise ConnectionRefusedError("unauthorized")
         name = auth.get("camera") if isinstance(auth, dict) and isinstance(auth.get("camera"), str) else None
         self.service.stats.camera_connected(request.sid, (name or "camera")[:MAX_CAMERA_NAME])
         log.info("camera connected: %s", request.sid)
@@ -180,4 +183,6 @@ class DashboardNamespace(Namespace):
         self.service = service
 
     def on_connect(self, auth: Any = None) -> None:
+        if not token_ok(request, self.service.settings.token):
+            raise ConnectionRefusedError("unauthorized")
         self.emit("counts", self.service.stats.snapshot(), room=request.sid)

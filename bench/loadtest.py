@@ -1,0 +1,156 @@
+"""Load test: N simulated cameras stream real 640x480 JPEG frames to a real server.
+
+    MASKWATCH_DATA=... python bench/loadtest.py [--clients 1 2 4 8] [--seconds 20]
+                                                [--async-mode threading eventlet]
+
+Each camera is a python-socketio client paced like the camera page: one frame in flight,
+the next sent when the answer arrives. Prints per-client fps, total frames/s, round-trip
+p50/p95, p50 in the first and last 10 s (a growing backlog would show there) and the server's
+resident memory (gunicorn master + worker) at start and end. The clients run on the same
+2-core machine as the server, so they take CPU from it: the numbers are a lower bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import requests
+import socketio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.frames import compose_frames  # noqa: E402
+from webapp.config import Settings  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process and its children, in MB."""
+    total = 0
+    pids = [pid]
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        pids += [int(c) for c in children]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
+def start_server(mode: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "webapp.cli", "serve", "--port", str(port), "--async-mode", mode],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            if requests.get(url + "/healthz", timeout=1).ok:
+                return proc, url
+        except requests.RequestException:
+            time.sleep(0.3)
+    proc.kill()
+    raise SystemExit(f"server ({mode}) did not start")
+
+
+def camera(url: str, frames: list[bytes], seconds: float, results: list, start_at: float) -> None:
+    sio = socketio.Client(reconnection=False)
+    answered = threading.Event()
+    sio.on("detections", lambda _msg: answered.set())
+    sio.on("frame_error", lambda _msg: answered.set())
+    sio.connect(url, transports=["websocket"], wait_timeout=10)
+    while time.time() < start_at:
+        time.sleep(0.005)
+    end = start_at + seconds
+    seq = 0
+    while time.time() < end:
+        answered.clear()
+        sent = time.time()
+        sio.emit("frame", {"seq": seq, "image": frames[seq % len(frames)], "camera": "load"})
+        if not answered.wait(10):
+            break
+        results.append((sent - start_at, (time.time() - sent) * 1000))
+        seq += 1
+    sio.disconnect()
+
+
+def run(url: str, n: int, frames: list[bytes], seconds: float) -> list[list[tuple[float, float]]]:
+    per_client: list[list] = [[] for _ in range(n)]
+    start_at = time.time() + 2.0
+    threads = [threading.Thread(target=camera, args=(url, frames, seconds, per_client[i], start_at))
+               for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return per_client
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4, 8])
+    p.add_argument("--seconds", type=float, default=20)
+    p.add_argument("--async-mode", nargs="+", default=["threading"], choices=("threading", "eventlet", "gevent"))
+    args = p.parse_args(argv)
+    settings = Settings.load()
+    frames = [f for n in (1, 2, 3) for f in compose_frames(settings.data_dir, n, 4, seed=11)]
+    rows = []
+    for mode in args.async_mode:
+        proc, url = start_server(mode)
+        try:
+            run(url, 1, frames, 3)  # warm-up
+            for n in args.clients:
+                rss_start = rss_mb(proc.pid)
+                per_client = run(url, n, frames, args.seconds)
+                rss_end = rss_mb(proc.pid)
+                flat = [r for c in per_client for r in c]
+                rtts = np.array([r for _, r in flat])
+                first = np.array([r for t, r in flat if t < 10])
+                last = np.array([r for t, r in flat if t >= args.seconds - 10])
+                rows.append({
+                    "mode": mode, "clients": n,
+                    "fps_client": np.mean([len(c) / args.seconds for c in per_client]),
+                    "fps_total": len(flat) / args.seconds,
+                    "p50": np.percentile(rtts, 50), "p95": np.percentile(rtts, 95),
+                    "first10": np.percentile(first, 50) if first.size else float("nan"),
+                    "last10": np.percentile(last, 50) if last.size else float("nan"),
+                    "rss_start": rss_start, "rss_end": rss_end,
+                })
+                print(f"done: {mode} x{n}", file=sys.stderr, flush=True)
+        finally:
+            proc.terminate()
+            proc.wait(15)
+    print(f"{args.seconds:.0f} s per row, 640x480 JPEG frames with 1-3 faces, {os.cpu_count()} cores "
+          "(clients on the same machine)")
+    print("| mode | cameras | fps / camera | frames/s total | rtt p50 ms | rtt p95 ms | p50 first 10 s | "
+          "p50 last 10 s | server RSS start → end MB |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['mode']} | {r['clients']} | {r['fps_client']:.1f} | {r['fps_total']:.1f} | {r['p50']:.1f} | "
+              f"{r['p95']:.1f} | {r['first10']:.1f} | {r['last10']:.1f} | {r['rss_start']:.0f} → {r['rss_end']:.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

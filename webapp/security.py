@@ -1,0 +1,90 @@
+"""Access token, login cookie and security headers.
+
+A server bound to anything but loopback can be reached by anyone on the LAN, so it requires
+a token (``--token`` / ``MASKWATCH_TOKEN``) unless ``--no-auth`` is given explicitly. The
+token is checked on every HTTP route and on Socket.IO connect: people log in once on a small
+page that sets an HttpOnly cookie, kiosks can open ``/?token=...`` (the token is moved into
+the cookie and removed from the address bar right away).
+"""
+
+from __future__ import annotations
+
+import hmac
+from urllib.parse import urlencode
+
+from flask import Blueprint, Flask, Request, current_app, redirect, render_template, request, url_for
+
+COOKIE = "maskwatch_token"
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+# No inline script or style; media from the camera (blob:/mediastream:), sockets to ourselves.
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+       "media-src 'self' blob: mediastream:; connect-src 'self'; object-src 'none'; "
+       "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+
+bp = Blueprint("auth", __name__)
+PUBLIC_ENDPOINTS = {"auth.login", "static"}
+
+
+def token_ok(req: Request, token: str | None) -> bool:
+    """Whether ``req`` carries the token (cookie, or ``Authorization: Bearer``)."""
+    if not token:
+        return True
+    given = req.cookies.get(COOKIE) or ""
+    header = req.headers.get("Authorization", "")
+    if header.startswith("Bearer "):
+        given = header[7:]
+    return hmac.compare_digest(given.encode(), token.encode())
+
+
+def _set_cookie(response, token: str) -> None:
+    response.set_cookie(COOKIE, token, httponly=True, samesite="Strict", secure=request.is_secure,
+                        max_age=30 * 24 * 3600)
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login():
+    token = current_app.extensions["maskwatch"].settings.token
+    target = request.values.get("next", "/")
+    if not target.startswith("/") or target.startswith("//"):
+        target = "/"
+    if request.method == "POST":
+        given = request.form.get("token", "")
+        if token and hmac.compare_digest(given.encode(), token.encode()):
+            response = redirect(target)
+            _set_cookie(response, token)
+            return response
+        return render_template("login.html", error="That token is not right.", next=target), 401
+    return render_template("login.html", error=None, next=target)
+
+
+def init_app(app: Flask) -> None:
+    """Token check before every request, security headers after."""
+    app.register_blueprint(bp)
+
+    @app.before_request
+    def require_token():
+        token = app.extensions["maskwatch"].settings.token
+        if not token or request.endpoint in PUBLIC_ENDPOINTS:
+            return None
+        query_token = request.args.get("token")
+        if query_token is not None and hmac.compare_digest(query_token.encode(), token.encode()):
+            args = {k: v for k, v in request.args.items() if k != "token"}
+            response = redirect(request.path + ("?" + urlencode(args) if args else ""))
+            _set_cookie(response, token)
+            return response
+        if token_ok(request, token) or request.path.startswith("/socket.io"):
+            return None  # Socket.IO checks the token itself on connect
+        if request.path.startswith("/api/") or request.path == "/healthz" or request.accept_mimetypes.best == "application/json":
+            return {"error": "unauthorized", "message": "log in at /login or send the access token"}, 401
+        return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
+
+    @app.after_request
+    def security_headers(response):
+        response.headers.setdefault("Content-Security-Policy", CSP)
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Permissions-Policy", "camera=(self), microphone=(), geolocation=()")
+        if request.is_secure:
+            response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+        return response
