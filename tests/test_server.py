@@ -149,13 +149,21 @@ def test_dashboard_counts_follow_frames_from_two_cameras(live_server, frame_byte
         assert sum(cams["north door"]["in_view"].values()) == faces_north >= 4
         assert sum(cams["south door"]["in_view"].values()) == 0
         assert sum(last["in_view"].values()) == faces_north
-        assert 0 <= last["compliance"] <= 1
         assert cams["north door"]["fps"] > 0
+        people_before = sum(last["people"].values())
         api = requests.get(live_server.url + "/api/stats", timeout=5).json()
         assert api["in_view"] == last["in_view"]
         # 'counts' at most twice a second (apart from the one sent on connect)
         stamps = [datetime.fromisoformat(c["ts"]).timestamp() for c in counts[1:]]
         assert all(b - a >= 0.45 for a, b in zip(stamps, stamps[1:]))
+        # Cameras leave: the people still in view are counted, once each.
+        a.close()
+        b.close()
+        deadline = time.time() + 5
+        while time.time() < deadline and sum(counts[-1]["people"].values()) < people_before + faces_north:
+            time.sleep(0.1)
+        assert sum(counts[-1]["people"].values()) == people_before + faces_north
+        assert 0 <= counts[-1]["compliance"] <= 1
     finally:
         a.close()
         b.close()
@@ -185,13 +193,18 @@ def test_frame_slots_keep_only_the_newest_frame():
 def test_live_stats_snapshot():
     stats = LiveStats()
     stats.camera_connected("s1", "door")
+    assert stats.snapshot()["compliance"] is None
+    stats.add_person("with_mask")
+    stats.add_person("with_mask")
+    stats.add_person("without_mask")
     stats.record("s1", "door", ["with_mask", "with_mask", "without_mask"], 12.0, now=100.0)
     stats.record("s1", "door", ["with_mask", "without_mask"], 10.0, now=100.1)
     snap = stats.snapshot(now=100.2)
     assert snap["in_view"] == {"with_mask": 1, "mask_incorrect": 0, "without_mask": 1}
-    assert snap["compliance"] == 0.5
+    assert snap["people"] == {"with_mask": 2, "mask_incorrect": 0, "without_mask": 1}
+    assert snap["compliance"] == pytest.approx(2 / 3, abs=1e-4)
     assert snap["cameras"][0]["fps"] == pytest.approx(10.0)
     stale = stats.snapshot(now=200.0)
-    assert stale["in_view"]["with_mask"] == 0 and stale["compliance"] is None
+    assert stale["in_view"]["with_mask"] == 0
     stats.camera_gone("s1")
     assert stats.snapshot()["cameras"] == []

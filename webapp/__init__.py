@@ -10,7 +10,8 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping
 
-from flask import Flask
+from flask import Flask, request
+from werkzeug.exceptions import HTTPException
 from flask_socketio import SocketIO
 
 __version__ = "0.1.0"
@@ -23,6 +24,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     from webapp.cli import build_pipeline
     from webapp.config import PROJECT_ROOT, Settings
     from webapp.events import CameraNamespace, DashboardNamespace, InferenceService
+    from webapp.history import History
     from webapp import security
     from webapp.views import bp
 
@@ -34,11 +36,19 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(bp)
     security.init_app(app)
 
+    @app.errorhandler(HTTPException)
+    def json_errors_for_api(exc: HTTPException):
+        if request.path.startswith("/api/") or request.path == "/healthz":
+            return {"error": exc.name.lower().replace(" ", "_"), "message": exc.description}, exc.code
+        return exc
+
     # Same-origin Socket.IO only (no CORS list); the message limit sits above the frame limit
     # so an oversized frame is answered with frame_error 'too_large', not a dropped connection.
     socketio = SocketIO(app, async_mode=settings.async_mode, cors_allowed_origins=None,
                         max_http_buffer_size=settings.max_frame_bytes * 2 + 64 * 1024)
-    service = InferenceService(socketio, settings, lambda: build_pipeline(settings))
+    history = History(settings.history_path or Path(app.instance_path) / "maskwatch.sqlite3",
+                      settings.retention_days)
+    service = InferenceService(socketio, settings, lambda: build_pipeline(settings), history)
     app.extensions["maskwatch"] = service
     socketio.on_namespace(CameraNamespace("/", service))
     socketio.on_namespace(DashboardNamespace("/dashboard", service))

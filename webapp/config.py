@@ -57,6 +57,14 @@ class Settings:
     # Access token for every page, API and socket; required when binding beyond loopback.
     token: str | None = None
     no_auth: bool = False
+    # People counting: a track becomes a person after this many frames; ends after this gap.
+    track_min_frames: int = 3
+    track_max_gap_s: float = 1.0
+    # Alert when a person without a (correct) mask is confirmed: off | visual | sound.
+    alerts: str = "visual"
+    # History database (SQLite; default: maskwatch.sqlite3 in the instance folder) and retention.
+    history_path: Path | None = None
+    retention_days: int = 90
     # Dashboard 'counts' events at most this often (seconds).
     counts_interval: float = 0.5
 

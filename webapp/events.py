@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
+from datetime import datetime, timezone
 from typing import Any, Callable
 
 from flask import request
@@ -19,8 +21,11 @@ from flask_socketio import ConnectionRefusedError, Namespace, SocketIO
 
 from webapp.config import Settings
 from webapp.security import token_ok
+from webapp.history import History
 from webapp.slots import FrameSlots, Pending
-from webapp.stats import LiveStats
+from webapp.stats import LiveStats, local_midnight
+from webapp.tracker import FaceTracker
+from webapp.vision.labels import WITH_MASK
 from webapp.vision.pipeline import FRAME_FORMATS, FrameError, Pipeline, TooLarge, sniff_format
 
 log = logging.getLogger(__name__)
@@ -64,14 +69,18 @@ class InferenceService:
     """Frame slots, the inference workers and the dashboard broadcaster of one server."""
 
     def __init__(self, socketio: SocketIO, settings: Settings,
-                 make_pipeline: Callable[[], Pipeline]) -> None:
+                 make_pipeline: Callable[[], Pipeline], history: History) -> None:
         self.socketio = socketio
         self.settings = settings
         self.make_pipeline = make_pipeline
+        self.history = history
         self.slots = FrameSlots()
-        self.stats = LiveStats()
+        self.stats = LiveStats(people_today=dict(history.totals("people", local_midnight())))
         self.started = time.time()
         self._frame_numbers: dict[str, int] = {}
+        self._trackers: dict[str, FaceTracker] = {}
+        self._camera_names: dict[str, str] = {}
+        self._trackers_lock = threading.Lock()
         self._running = False
         self._eventlet = settings.async_mode == "eventlet"
 
@@ -85,11 +94,13 @@ class InferenceService:
         for pipeline in pipelines:
             self.socketio.start_background_task(self._work, pipeline)
         self.socketio.start_background_task(self._broadcast)
+        self.socketio.start_background_task(self._persist)
         log.info("inference: %d worker(s), async mode %s", n, self.settings.async_mode)
 
     def stop(self) -> None:
         self._running = False
         self.slots.close()
+        self.history.flush()
 
     # -- frames ---------------------------------------------------------------------------
 
@@ -110,7 +121,41 @@ class InferenceService:
     def forget(self, sid: str) -> None:
         self.slots.discard(sid)
         self._frame_numbers.pop(sid, None)
+        with self._trackers_lock:
+            tracker = self._trackers.pop(sid, None)
+            people = tracker.flush() if tracker else []
+            name = self._camera_names.pop(sid, sid)
+        for person in people:  # whoever was still in view when the camera went away
+            self._count_person(name, person.label)
         self.stats.camera_gone(sid)
+
+    def _count_person(self, camera: str, label: str) -> None:
+        self.stats.add_person(label)
+        self.history.add("people", camera, label)
+
+    def _track(self, sid: str, camera: str, result, now: float) -> list[int]:
+        """Track ids for the faces of a result; counts people who left, raises alerts."""
+        with self._trackers_lock:
+            tracker = self._trackers.get(sid)
+            if tracker is None:
+                tracker = self._trackers[sid] = FaceTracker(self.settings.track_min_frames,
+                                                            self.settings.track_max_gap_s)
+            self._camera_names[sid] = camera
+            ids, ended, confirmed = tracker.update([f.box for f in result.faces], [f.label for f in result.faces],
+                                                   [f.score for f in result.faces], now)
+        for person in ended:
+            self._count_person(camera, person.label)
+        for face in result.faces:
+            self.history.add("detections", camera, face.label, ts=now)
+        if self.settings.alerts != "off":
+            for track in confirmed:
+                if track.label != WITH_MASK and not track.alerted:
+                    track.alerted = True
+                    alert = {"track": track.id, "label": track.label, "camera": camera,
+                             "ts": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                    self.socketio.emit("alert", alert, to=sid, namespace="/")
+                    self.socketio.emit("alert", {**alert, "camera_id": sid}, namespace="/dashboard")
+        return ids
 
     def _run(self, fn, *args, **kwargs):
         if self._eventlet:
@@ -127,9 +172,11 @@ class InferenceService:
             try:
                 tiles = pending.number % max(self.settings.tile_every, 1) == 0
                 result = self._run(pipeline.process, pending.image, tiles=tiles)
+                camera = pending.camera or self.stats.camera_name(sid)
+                ids = self._track(sid, camera, result, time.time())
                 payload = {"seq": pending.seq, **result.to_dict()}
-                for face in payload["faces"]:
-                    face["track"] = None
+                for face, track_id in zip(payload["faces"], ids):
+                    face["track"] = track_id
                 self.socketio.emit("detections", payload, to=sid, namespace="/")
                 self.stats.record(sid, pending.camera, [f.label for f in result.faces], result.ms["total"])
             except FrameError as exc:
@@ -141,6 +188,19 @@ class InferenceService:
                                    "the server could not process this frame"), to=sid, namespace="/")
             finally:
                 self.slots.done(sid)
+
+    def _persist(self) -> None:
+        """Write history about once a second (bounded loss on a hard kill); prune hourly."""
+        last_prune = 0.0
+        while self._running:
+            self.socketio.sleep(1.0)
+            try:
+                self._run(self.history.flush)
+                if time.time() - last_prune > 3600:
+                    last_prune = time.time()
+                    self._run(self.history.prune)
+            except Exception:  # noqa: BLE001 - a full disk must not stop the server
+                log.exception("could not write history")
 
     def _broadcast(self) -> None:
         sent = -1

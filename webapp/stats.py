@@ -1,4 +1,4 @@
-"""Live statistics: who is in view of each camera now, camera health (fps, latency, last seen).
+"""Live statistics: who is in view of each camera now, people today, camera health.
 
 One ``LiveStats`` per server, fed by the inference workers and read by the dashboard. A
 ``version`` number changes with every update so the broadcaster sends ``counts`` only when
@@ -46,6 +46,15 @@ class CameraStats:
         }
 
 
+def _today() -> str:
+    return datetime.now().date().isoformat()
+
+
+def local_midnight() -> datetime:
+    """Start of today in the server's time zone, as an aware datetime."""
+    return datetime.now().astimezone().replace(hour=0, minute=0, second=0, microsecond=0)
+
+
 def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds")
 
@@ -53,11 +62,25 @@ def _iso(t: float) -> str:
 class LiveStats:
     """Thread-safe per-camera state and the ``counts`` snapshot of the contract."""
 
-    def __init__(self, ema: float = 0.2) -> None:
+    def __init__(self, ema: float = 0.2, people_today: dict[str, int] | None = None) -> None:
         self._lock = threading.Lock()
         self._cameras: dict[str, CameraStats] = {}
         self._ema = ema
+        self._people = {**_zeros(), **(people_today or {})}
+        self._day = _today()
         self.version = 0
+
+    def add_person(self, label: str) -> None:
+        """One person (a finished track) seen today."""
+        with self._lock:
+            self._roll_day()
+            self._people[label] += 1
+            self.version += 1
+
+    def _roll_day(self) -> None:
+        if _today() != self._day:
+            self._day = _today()
+            self._people = _zeros()
 
     def camera_connected(self, camera_id: str, name: str) -> None:
         with self._lock:
@@ -68,6 +91,11 @@ class LiveStats:
         with self._lock:
             if self._cameras.pop(camera_id, None) is not None:
                 self.version += 1
+
+    def camera_name(self, camera_id: str) -> str:
+        with self._lock:
+            cam = self._cameras.get(camera_id)
+            return cam.name if cam else camera_id
 
     def frame_dropped(self, camera_id: str) -> None:
         with self._lock:
@@ -106,13 +134,14 @@ class LiveStats:
         for cam in cameras:
             for label, n in cam["in_view"].items():
                 in_view[label] += n
-        faces = sum(in_view.values())
+        with self._lock:
+            self._roll_day()
+            people = dict(self._people)
+        total = sum(people.values())
         return {
             "in_view": in_view,
-            # People counting (tracking each person across frames) is not built yet: ``None``
-            # says "not measured" rather than reporting frame counts as people.
-            "people": {label: None for label in LABELS},
-            "compliance": None if faces == 0 else round(in_view[WITH_MASK] / faces, 4),
+            "people": people,  # today (server's local date), counted once per person
+            "compliance": None if total == 0 else round(people[WITH_MASK] / total, 4),
             "cameras": sorted(cameras, key=lambda c: c["name"]),
             "ts": _iso(now),
         }

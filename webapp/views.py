@@ -7,7 +7,7 @@ import time
 from functools import lru_cache
 from pathlib import Path
 
-from flask import Blueprint, abort, current_app, jsonify, render_template, send_from_directory
+from flask import Blueprint, Response, abort, current_app, jsonify, render_template, request, send_from_directory
 
 from webapp import __version__
 from webapp.config import PROJECT_ROOT
@@ -63,6 +63,33 @@ def healthz():
 @bp.get("/api/stats")
 def stats():
     return jsonify(_service().stats.snapshot())
+
+
+def _history_rows():
+    from webapp.history import parse_since
+    from webapp.stats import local_midnight
+    bucket = request.args.get("bucket", "minute")
+    if bucket not in ("minute", "hour"):
+        abort(400, description="bucket must be 'minute' or 'hour'")
+    try:
+        since = parse_since(request.args.get("since"), local_midnight())
+    except ValueError as exc:
+        abort(400, description=str(exc))
+    return bucket, since, _service().history.query(bucket, since)
+
+
+@bp.get("/api/history")
+def history():
+    bucket, since, rows = _history_rows()
+    return jsonify({"bucket": bucket, "since": since.isoformat(), "rows": rows})
+
+
+@bp.get("/api/history.csv")
+def history_csv():
+    _, _, rows = _history_rows()
+    from webapp.history import History
+    return Response(History.to_csv(rows), mimetype="text/csv",
+                    headers={"Content-Disposition": "attachment; filename=maskwatch-history.csv"})
 
 
 @bp.get("/vendor/<name>")

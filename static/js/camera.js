@@ -71,6 +71,38 @@
     pump();
   });
 
+  // Alerts: the server confirms a person without a (correct) mask once per person.
+  const banner = $("alert-banner");
+  const alertMode = banner.dataset.alerts;
+  const ALERT_TEXT = {
+    without_mask: "No mask detected - please put on a mask.",
+    mask_incorrect: "Mask worn incorrectly - please cover your nose and mouth.",
+  };
+  let bannerTimer = null;
+  let audio = null;
+  function beep() {
+    try {
+      audio = audio || new (window.AudioContext || window.webkitAudioContext)();
+      const osc = audio.createOscillator(), gain = audio.createGain();
+      osc.frequency.value = 880;
+      gain.gain.setValueAtTime(0.2, audio.currentTime);
+      gain.gain.exponentialRampToValueAtTime(0.001, audio.currentTime + 0.4);
+      osc.connect(gain).connect(audio.destination);
+      osc.start();
+      osc.stop(audio.currentTime + 0.4);
+    } catch (e) { /* no audio device: the banner is enough */ }
+  }
+  socket.on("alert", (a) => {
+    state.alerts = (state.alerts || 0) + 1;
+    if (alertMode === "off") return;
+    banner.textContent = ALERT_TEXT[a.label] || "Please wear a mask.";
+    banner.className = "alert-banner " + a.label;
+    banner.hidden = false;
+    clearTimeout(bannerTimer);
+    bannerTimer = setTimeout(() => { banner.hidden = true; }, 5000);
+    if (alertMode === "sound") beep();
+  });
+
   socket.on("frame_error", (msg) => {
     state.errors += 1;
     state.lastError = msg;

@@ -43,7 +43,10 @@
   function render(c) {
     state.lastCounts = c;
     state.updates += 1;
-    for (const l of LABELS) $("now-" + l).textContent = String(c.in_view[l]);
+    for (const l of LABELS) {
+      $("now-" + l).textContent = String(c.in_view[l]);
+      $("people-" + l).textContent = String(c.people[l]);
+    }
     $("compliance").textContent = c.compliance === null ? "–" : `${Math.round(c.compliance * 100)}%`;
     const body = $("cameras");
     body.innerHTML = "";
@@ -57,7 +60,9 @@
     }
     for (const cam of c.cameras) {
       const tr = document.createElement("tr");
-      if (cam.in_view.without_mask || cam.in_view.mask_incorrect) tr.className = "alert";
+      if (cam.in_view.without_mask || cam.in_view.mask_incorrect || Date.now() - (alertedAt[cam.id] || 0) < 10000) {
+        tr.className = "alert";
+      }
       [cam.name, cam.fps.toFixed(1), ago(cam.last_seen), cam.in_view.with_mask, cam.in_view.mask_incorrect,
         cam.in_view.without_mask].forEach((v) => tr.appendChild(cell(String(v))));
       body.appendChild(tr);
@@ -71,7 +76,59 @@
     $("updated").textContent = "Updated " + new Date(t).toLocaleTimeString();
   }
 
+  // Today by hour, from the persisted history.
+  const hours = new Chart($("hours"), {
+    type: "bar",
+    data: { labels: [], datasets: LABELS.map((l) => ({ label: TITLES[l], data: [], backgroundColor: COLOURS[l], stack: "people", yAxisID: "y" }))
+      .concat([{ type: "line", label: "compliance %", data: [], borderColor: "#4ea1ff", backgroundColor: "#4ea1ff", yAxisID: "pct" }]) },
+    options: {
+      animation: false, responsive: true, maintainAspectRatio: false,
+      scales: { x: { stacked: true }, y: { stacked: true, beginAtZero: true, ticks: { precision: 0 } },
+        pct: { position: "right", min: 0, max: 100, grid: { drawOnChartArea: false } } },
+      plugins: { legend: { position: "bottom" } },
+    },
+  });
+  async function loadHours() {
+    const since = new Date(); since.setHours(0, 0, 0, 0);
+    const res = await fetch("/api/history?bucket=hour&since=" + encodeURIComponent(since.toISOString()));
+    if (!res.ok) return;
+    const rows = (await res.json()).rows.filter((r) => r.kind === "people");
+    const byHour = new Map();
+    for (const r of rows) {
+      const key = new Date(r.start).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+      const h = byHour.get(key) || { with_mask: 0, mask_incorrect: 0, without_mask: 0 };
+      h[r.label] += r.n;
+      byHour.set(key, h);
+    }
+    hours.data.labels = [...byHour.keys()];
+    LABELS.forEach((l, i) => { hours.data.datasets[i].data = [...byHour.values()].map((h) => h[l]); });
+    hours.data.datasets[3].data = [...byHour.values()].map((h) => {
+      const n = h.with_mask + h.mask_incorrect + h.without_mask;
+      return n ? Math.round((100 * h.with_mask) / n) : null;
+    });
+    hours.update("none");
+    state.hoursLoaded = true;
+  }
+  loadHours().catch(() => {});
+  setInterval(() => loadHours().catch(() => {}), 60000);
+
+  const alertedAt = {};
+  function addAlert(a) {
+    alertedAt[a.camera_id] = Date.now();
+    const list = $("alerts");
+    const empty = list.querySelector(".empty");
+    if (empty) empty.remove();
+    const li = document.createElement("li");
+    li.className = a.label;
+    li.textContent = `${new Date(a.ts).toLocaleTimeString()} - ${a.camera}: ${TITLES[a.label]}`;
+    list.prepend(li);
+    while (list.children.length > 50) list.lastChild.remove();
+    state.alerts = (state.alerts || 0) + 1;
+    if (state.lastCounts) render(state.lastCounts);
+  }
+
   const socket = io("/dashboard");
+  socket.on("alert", addAlert);
   const pill = $("connection");
   socket.on("connect", () => { pill.textContent = "live"; pill.className = "pill pill-on"; });
   socket.on("disconnect", () => { pill.textContent = "reconnecting…"; pill.className = "pill pill-off"; });
