@@ -103,7 +103,13 @@ class LiveServer:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "webapp.cli", "serve", "--port", str(self.port), *extra_args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-            env={**os.environ, **(env or {})})
+            env={**os.environ, **(env or {})}, start_new_session=True)
+
+    def kill_hard(self) -> None:
+        """kill -9 the server and its worker, as a power cut or OOM kill would."""
+        import signal
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
 
     def wait_ready(self, timeout: float = 60.0, verify=True) -> "LiveServer":
         import time
@@ -113,7 +119,7 @@ class LiveServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited: {self.proc.stdout.read()}")
             try:
-                if requests.get(self.url + "/healthz", timeout=1, verify=verify).ok:
+                if requests.get(self.url + "/healthz", timeout=1, verify=verify).status_code in (200, 401):
                     return self
             except requests.RequestException:
                 time.sleep(0.2)
@@ -130,7 +136,8 @@ class LiveServer:
 
 
 @pytest.fixture(scope="module")
-def live_server():
-    server = LiveServer(env={"MASKWATCH_WORKERS": "2"}).wait_ready()
+def live_server(tmp_path_factory):
+    history = tmp_path_factory.mktemp("history") / "maskwatch.sqlite3"
+    server = LiveServer(env={"MASKWATCH_WORKERS": "2", "MASKWATCH_HISTORY_PATH": str(history)}).wait_ready()
     yield server
     server.stop()
