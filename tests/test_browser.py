@@ -61,7 +61,7 @@ def test_camera_page_over_https(browser, data_dir, tmp_path):
                          "--keyfile", str(tmp_path / "maskwatch-key.pem")], scheme="https",
                         env={"MASKWATCH_WORKERS": "2", "MASKWATCH_HISTORY_PATH": str(tmp_path / "h.db")})
     try:
-        server.wait_ready(verify=False)
+        server.wait_ready(verify=str(tmp_path / "maskwatch-cert.pem"))
         stream_and_check(browser, server.url.replace("127.0.0.1", "localhost"), data_dir, tmp_path, https=True)
     finally:
         server.stop()

@@ -27,10 +27,27 @@ def test_tiny_training_run_produces_loadable_artifacts(data_dir, weights_dir, tm
     assert len(served.classify(np.zeros((3, 96, 96, 3), np.float32))) == 3
     import keras
     model = keras.saving.load_model(out / "mask_classifier.keras", compile=False)
-    assert model.optimizer is None  # shipped without optimizer state
+    assert model.output_shape == (None, 3)
+    assert not keras_file_has_optimizer_state(out / "mask_classifier.keras")
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["tflite_vs_keras_max_abs_diff"] <= 1e-4
     assert "python -m training.train" in (out / "MODEL_CARD.md").read_text()
+
+
+def keras_file_has_optimizer_state(path) -> bool:
+    import io
+    import zipfile
+
+    import h5py
+    with h5py.File(io.BytesIO(zipfile.ZipFile(path).read("model.weights.h5"))) as f:
+        sizes = []
+        if "optimizer" in f:
+            f["optimizer"].visititems(lambda _n, o: sizes.append(o.size) if isinstance(o, h5py.Dataset) else None)
+        return sum(sizes) > 0
+
+
+def test_shipped_keras_file_has_no_optimizer_state(model_dir):
+    assert not keras_file_has_optimizer_state(model_dir / "mask_classifier.keras")
 
 
 def _copy_some(src, dst, n, suffix="*"):

@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -260,8 +261,10 @@ class ValidationScore(keras.callbacks.Callback):
 def export(model: keras.Model, args: argparse.Namespace) -> None:
     """Write the .keras file (weights and architecture, no optimizer state), the fp32 TFLite
     file and labels.json, the preprocessing contract the server reads."""
-    clean = keras.models.clone_model(model)
-    clean.set_weights(model.get_weights())
+    with tempfile.TemporaryDirectory() as tmp:
+        # A compiled model saves its optimizer state too; reloading without compiling drops it.
+        model.save(Path(tmp) / KERAS_FILE)
+        clean = keras.saving.load_model(Path(tmp) / KERAS_FILE, compile=False)
     clean.save(args.out / KERAS_FILE)
     clean.export(str(args.out / MODEL_FILE), format="litert", verbose=False)
     contract = {

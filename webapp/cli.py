@@ -1,4 +1,4 @@
-"""The ``maskwatch`` command: ``detect`` (and, as the web app lands, ``serve`` and ``gen-cert``)."""
+"""The ``maskwatch`` command: ``serve`` the web app, ``detect`` faces in image files, ``gen-cert``."""
 
 from __future__ import annotations
 

@@ -49,6 +49,8 @@ class MaskwatchServer(BaseApplication):
     def _announce(self, _server) -> None:
         lines = ["maskwatch is running. Open the camera page at:"] + [f"    {u}" for u in self.urls]
         lines.append(f"and the dashboard at {self.urls[0]}dashboard   (Ctrl+C stops)")
+        if self.settings.token:
+            lines.append("Pages ask for the access token once; kiosks can open URL?token=YOUR-TOKEN.")
         print("\n".join(lines), flush=True)
 
     def load(self):
