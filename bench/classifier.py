@@ -58,10 +58,10 @@ def main(argv: list[str] | None = None) -> int:
                      *per_face_ms(lambda b: model.predict(b, verbose=0), batch, args.keras_runs)))
 
     print(f"model: {args.model} (input {size}x{size}); ms per face; cpu cores: {os.cpu_count()}")
-    print(f"| {'runtime':32s} | batch | median ms/face | p95 ms/face |")
-    print(f"|{'-' * 34}|-------|----------------|-------------|")
+    print(f"| {'runtime':32s} | crops per call | median ms/face | p95 ms/face |")
+    print(f"|{'-' * 34}|----------------|----------------|-------------|")
     for name, n, med, p95 in rows:
-        print(f"| {name:32s} | {n:5d} | {med:14.3f} | {p95:11.3f} |")
+        print(f"| {name:32s} | {n:14d} | {med:14.3f} | {p95:11.3f} |")
     keras_b1 = next(r[2] for r in rows if r[0].startswith("Keras") and r[1] == 1)
     for name, n, med, _ in rows:
         if name.startswith("TFLite") and n == 1:

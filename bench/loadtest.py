@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                 per_client = run(url, n, frames, args.seconds)
                 rss_end = rss_mb(proc.pid)
                 flat = [r for c in per_client for r in c]
-                rtts = np.array([r for _, r in flat])
+                rtts = np.array([r for _, r in flat] or [float("nan")])
                 first = np.array([r for t, r in flat if t < 10])
                 last = np.array([r for t, r in flat if t >= args.seconds - 10])
                 rows.append({

@@ -36,7 +36,7 @@ from webapp.vision.classifier import MaskClassifier
 from webapp.vision.crop import to_model_input
 from webapp.vision.detector import DETECTORS, create_detector
 from webapp.vision.labels import LABELS
-from webapp.vision.pipeline import FILE_FORMATS, FrameError, Pipeline
+from webapp.vision.pipeline import FILE_FORMATS, FrameError, Pipeline, decode_image
 
 log = logging.getLogger("training.evaluate")
 
@@ -124,7 +124,6 @@ def compare_detectors(samples: Sequence[Sample], names: Sequence[str]) -> list[d
 
 
 def _rgb(sample: Sample) -> np.ndarray:
-    from webapp.vision.pipeline import decode_image
     return decode_image(sample.path.read_bytes(), max_bytes=1 << 30, formats=FILE_FORMATS)
 
 

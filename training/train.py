@@ -19,6 +19,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import keras
@@ -104,8 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     # ---- Model ------------------------------------------------------------------------------
     # The backbone is built shape-agnostic: Keras then loads its ImageNet weights for 224 px
     # (the files shipped offline) and the convolutional weights apply at any input size.
-    backbone = keras.applications.MobileNetV2(input_shape=(None, None, 3), alpha=args.alpha,
-                                              include_top=False, weights="imagenet")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Weights for input shape \\(224, 224\\)")
+        backbone = keras.applications.MobileNetV2(input_shape=(None, None, 3), alpha=args.alpha,
+                                                  include_top=False, weights="imagenet")
     inputs = keras.Input((args.size, args.size, 3), name="face")
     x = backbone(inputs, training=False)  # BatchNorm stays in inference mode in both phases
     x = keras.layers.GlobalAveragePooling2D()(x)

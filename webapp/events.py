@@ -26,7 +26,7 @@ from webapp.slots import FrameSlots, Pending
 from webapp.stats import LiveStats, local_midnight
 from webapp.tracker import FaceTracker
 from webapp.vision.labels import WITH_MASK
-from webapp.vision.pipeline import FRAME_FORMATS, FrameError, Pipeline, TooLarge, sniff_format
+from webapp.vision.pipeline import FRAME_FORMATS, FrameError, NotAnImage, Pipeline, TooLarge, sniff_format
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,6 @@ def parse_frame(data: Any, max_bytes: int) -> tuple[int, bytes, str | None]:
         raise TooLarge(f"frame is {len(image) / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.1f} MB - "
                        "send a smaller resolution or a lower JPEG quality")
     if sniff_format(image) not in FRAME_FORMATS:
-        from webapp.vision.pipeline import NotAnImage
         raise NotAnImage("'image' is not JPEG or PNG data")
     camera = data.get("camera")
     if camera is not None and not isinstance(camera, str):
@@ -195,10 +194,12 @@ class InferenceService:
         while self._running:
             self.socketio.sleep(1.0)
             try:
-                self._run(self.history.flush)
+                # Called directly, not through eventlet's thread pool: the history's lock is
+                # shared with the event handlers, and green locks must stay on the hub's thread.
+                self.history.flush()
                 if time.time() - last_prune > 3600:
                     last_prune = time.time()
-                    self._run(self.history.prune)
+                    self.history.prune()
             except Exception:  # noqa: BLE001 - a full disk must not stop the server
                 log.exception("could not write history")
 
@@ -211,16 +212,23 @@ class InferenceService:
                 self.socketio.emit("counts", self.stats.snapshot(), namespace="/dashboard")
 
 
-class CameraNamespace(Namespace):
-    """Camera pages: send ``frame``, receive ``detections`` / ``frame_error``."""
+class ServiceNamespace(Namespace):
+    """A namespace bound to the inference service; connecting needs the access token."""
 
     def __init__(self, namespace: str, service: InferenceService) -> None:
         super().__init__(namespace)
         self.service = service
 
-    def on_connect(self, auth: Any = None) -> None:
+    def check_token(self) -> None:
         if not token_ok(request, self.service.settings.token):
             raise ConnectionRefusedError("unauthorized")
+
+
+class CameraNamespace(ServiceNamespace):
+    """Camera pages: send ``frame``, receive ``detections`` / ``frame_error`` / ``alert``."""
+
+    def on_connect(self, auth: Any = None) -> None:
+        self.check_token()
         name = auth.get("camera") if isinstance(auth, dict) and isinstance(auth.get("camera"), str) else None
         self.service.stats.camera_connected(request.sid, (name or "camera")[:MAX_CAMERA_NAME])
         log.info("camera connected: %s", request.sid)
@@ -235,14 +243,9 @@ class CameraNamespace(Namespace):
             self.emit("frame_error", error, room=request.sid)
 
 
-class DashboardNamespace(Namespace):
-    """Dashboards: receive ``counts``."""
-
-    def __init__(self, namespace: str, service: InferenceService) -> None:
-        super().__init__(namespace)
-        self.service = service
+class DashboardNamespace(ServiceNamespace):
+    """Dashboards: receive ``counts`` and ``alert``."""
 
     def on_connect(self, auth: Any = None) -> None:
-        if not token_ok(request, self.service.settings.token):
-            raise ConnectionRefusedError("unauthorized")
+        self.check_token()
         self.emit("counts", self.service.stats.snapshot(), room=request.sid)

@@ -40,6 +40,7 @@ class MaskwatchServer(BaseApplication):
             "errorlog": "-",
             "loglevel": "warning",
             "when_ready": self._announce,
+            "worker_exit": self._worker_exit,
         }
         if s.certfile:
             options.update(certfile=str(s.certfile), keyfile=str(s.keyfile))
@@ -52,6 +53,14 @@ class MaskwatchServer(BaseApplication):
         if self.settings.token:
             lines.append("Pages ask for the access token once; kiosks can open URL?token=YOUR-TOKEN.")
         print("\n".join(lines), flush=True)
+
+    @staticmethod
+    def _worker_exit(_server, worker) -> None:
+        """Graceful stop: write the last buffered history counts."""
+        app = getattr(worker, "wsgi", None)
+        service = getattr(app, "extensions", {}).get("maskwatch") if app else None
+        if service is not None:
+            service.stop()
 
     def load(self):
         from webapp import create_app

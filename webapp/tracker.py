@@ -114,9 +114,6 @@ class FaceTracker:
         self.tracks = []
         return people
 
-    def confirmed(self, track_id: int) -> bool:
-        return any(t.id == track_id and t.hits >= self.min_frames for t in self.tracks)
-
     @staticmethod
     def _person(t: Track) -> Person:
         return Person(t.id, t.label, t.hits, t.first_seen, t.last_seen)

@@ -12,7 +12,7 @@ import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -92,7 +92,9 @@ class MaskClassifier:
             raise ModelFilesError(f"cannot load {self.model_path}: {exc}") from None
         self._input = self._interpreter.get_input_details()[0]
         self._output = self._interpreter.get_output_details()[0]
-        self._batch = int(self._input["shape"][0])
+        if int(self._input["shape"][0]) != 1:
+            self._interpreter.resize_tensor_input(self._input["index"], [1, self.input_size, self.input_size, 3])
+            self._interpreter.allocate_tensors()
         self._lock = threading.Lock()
 
     def predict_proba(self, crops: np.ndarray) -> np.ndarray:
@@ -101,17 +103,15 @@ class MaskClassifier:
         if crops.ndim != 4 or crops.shape[1:] != (size, size, 3):
             raise ValueError(f"expected crops of shape (N, {size}, {size}, 3), got {crops.shape}")
         n = crops.shape[0]
-        if n == 0:
-            return np.zeros((0, len(self.labels)), np.float32)
+        out = np.zeros((n, len(self.labels)), np.float32)
+        # One face per invoke: on this CPU a batch brings no per-face gain (bench/classifier.py),
+        # and a fixed input shape avoids re-planning the interpreter whenever the face count changes.
         with self._lock:
-            if n != self._batch:
-                # The file has a dynamic batch dimension; re-plan only when the batch size changes.
-                self._interpreter.resize_tensor_input(self._input["index"], [n, size, size, 3])
-                self._interpreter.allocate_tensors()
-                self._batch = n
-            self._interpreter.set_tensor(self._input["index"], np.ascontiguousarray(crops, np.float32))
-            self._interpreter.invoke()
-            return self._interpreter.get_tensor(self._output["index"]).copy()
+            for i in range(n):
+                self._interpreter.set_tensor(self._input["index"], np.ascontiguousarray(crops[i:i + 1], np.float32))
+                self._interpreter.invoke()
+                out[i] = self._interpreter.get_tensor(self._output["index"])[0]
+        return out
 
     def classify(self, crops: np.ndarray) -> list[Prediction]:
         probs = self.predict_proba(crops)
@@ -119,8 +119,3 @@ class MaskClassifier:
         return [Prediction(self.labels[i], float(p[i]), tuple(float(v) for v in p))
                 for i, p in zip(best, probs)]
 
-
-def label_indices(labels: Sequence[str], order: Sequence[str]) -> np.ndarray:
-    """Indices of ``labels`` in ``order`` (e.g. true labels in a model's label order)."""
-    position = {label: i for i, label in enumerate(order)}
-    return np.array([position[label] for label in labels], dtype=np.int64)
