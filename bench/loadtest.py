@@ -136,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
                     "first10": np.percentile(first, 50) if first.size else float("nan"),
                     "last10": np.percentile(last, 50) if last.size else float("nan"),
                     "rss_start": rss_start, "rss_end": rss_end,
+                    "windows": [np.percentile([r for t, r in flat if w <= t < w + 10] or [np.nan], 50)
+                                for w in range(0, int(args.seconds), 10)],
                 })
                 print(f"done: {mode} x{n}", file=sys.stderr, flush=True)
         finally:
@@ -144,11 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.seconds:.0f} s per row, 640x480 JPEG frames with 1-3 faces, {os.cpu_count()} cores "
           "(clients on the same machine)")
     print("| mode | cameras | fps / camera | frames/s total | rtt p50 ms | rtt p95 ms | p50 first 10 s | "
-          "p50 last 10 s | server RSS start → end MB |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "p50 last 10 s | server RSS start → end MB | p50 per 10 s window |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['mode']} | {r['clients']} | {r['fps_client']:.1f} | {r['fps_total']:.1f} | {r['p50']:.1f} | "
-              f"{r['p95']:.1f} | {r['first10']:.1f} | {r['last10']:.1f} | {r['rss_start']:.0f} → {r['rss_end']:.0f} |")
+              f"{r['p95']:.1f} | {r['first10']:.1f} | {r['last10']:.1f} | {r['rss_start']:.0f} → {r['rss_end']:.0f} | "
+              + " / ".join(f"{w:.0f}" for w in r["windows"]) + " |")
     return 0
 
 

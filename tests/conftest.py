@@ -113,6 +113,7 @@ class LiveServer:
 
     def wait_ready(self, timeout: float = 60.0, verify=True) -> "LiveServer":
         import time
+
         import requests
         deadline = time.time() + timeout
         while time.time() < deadline:

@@ -106,7 +106,8 @@ def stream_and_check(browser, url, data_dir, tmp_path, https=False):
             timeout=30_000)
         counts = dashboard.evaluate("window.maskwatchDashboard.lastCounts")
         assert any(c["name"] == "browser test door" for c in counts["cameras"])
-        total = sum(int(dashboard.text_content(f"#now-{l}")) for l in ("with_mask", "mask_incorrect", "without_mask"))
+        labels = ("with_mask", "mask_incorrect", "without_mask")
+        total = sum(int(dashboard.text_content(f"#now-{lab}")) for lab in labels)
         assert total > 0
         dashboard.screenshot(path=str(tmp_path / "dashboard.png"))
         camera.click("#stop")

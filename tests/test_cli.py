@@ -27,12 +27,12 @@ def test_detect_json_lines_follow_the_contract(data_dir, tmp_path):
     proc = run_cli("detect", str(images), str(single), str(tmp_path / "missing.png"), "--json", "--out", str(out))
     assert proc.returncode == 1, proc.stderr  # some inputs failed
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert [l["image"] for l in lines] == [str(images / "broken.jpg"), str(images / "maksssksksss1.jpg"),
+    assert [ln["image"] for ln in lines] == [str(images / "broken.jpg"), str(images / "maksssksksss1.jpg"),
                                            str(images / "maksssksksss4.jpg"), str(single),
                                            str(tmp_path / "missing.png")]
-    errors = [l for l in lines if "error" in l]
+    errors = [ln for ln in lines if "error" in ln]
     assert len(errors) == 2 and all(set(e) == {"image", "error"} and e["error"] for e in errors)
-    good = [l for l in lines if "error" not in l]
+    good = [ln for ln in lines if "error" not in ln]
     for line in good:
         assert set(line) == {"image", "width", "height", "faces", "ms"}
         assert set(line["ms"]) == {"decode", "detect", "classify", "total"}
@@ -41,7 +41,7 @@ def test_detect_json_lines_follow_the_contract(data_dir, tmp_path):
             assert face["label"] in LABELS and 0 <= face["score"] <= 1
             x0, y0, x1, y1 = face["box"]
             assert 0 <= x0 < x1 <= line["width"] and 0 <= y0 < y1 <= line["height"]
-    assert sum(len(l["faces"]) for l in good) >= 5
+    assert sum(len(ln["faces"]) for ln in good) >= 5
     assert sorted(p.name for p in out.iterdir()) == ["00002_Mask.jpg", "maksssksksss1.jpg", "maksssksksss4.jpg"]
 
 

@@ -9,8 +9,18 @@ import pytest
 from PIL import Image
 
 from tests.conftest import synthetic_face, voc_xml, write_jpeg, write_png
-from training.datasets import (CHANDRIKA, KAGGLE, MASKON, describe_split, face_counts, load_all,
-                               near_duplicate_group, read_class_folders, read_voc, split_by_image)
+from training.datasets import (
+    CHANDRIKA,
+    KAGGLE,
+    MASKON,
+    describe_split,
+    face_counts,
+    load_all,
+    near_duplicate_group,
+    read_class_folders,
+    read_voc,
+    split_by_image,
+)
 
 
 @pytest.fixture

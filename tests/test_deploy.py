@@ -49,7 +49,7 @@ def test_history_survives_kill_9(data_dir, tmp_path):
         csv_text = requests.get(server.url + "/api/history.csv?bucket=minute", timeout=5).text
         lines = csv_text.strip().splitlines()
         assert lines[0] == "start,camera,label,kind,n"
-        assert [l.split(",") for l in lines[1:]] == [[r["start"], r["camera"], r["label"], r["kind"], str(r["n"])]
+        assert [ln.split(",") for ln in lines[1:]] == [[r["start"], r["camera"], r["label"], r["kind"], str(r["n"])]
                                                      for r in after]
         bad = requests.get(server.url + "/api/history?since=yesterday", timeout=5)
         assert bad.status_code == 400 and "ISO-8601" in bad.json()["message"]
@@ -76,8 +76,9 @@ def test_alerts_fire_once_per_person(live_server, data_dir):
 
 
 def test_non_loopback_bind_needs_a_token():
-    proc = subprocess.run([sys.executable, "-m", "webapp.cli", "serve", "--host", "0.0.0.0", "--port", str(free_port())],
-                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    args = ["serve", "--host", "0.0.0.0", "--port", str(free_port())]
+    proc = subprocess.run([sys.executable, "-m", "webapp.cli", *args], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
     assert proc.returncode == 2
     assert "--token" in proc.stderr and "--no-auth" in proc.stderr
 

@@ -1,6 +1,5 @@
 """The served pipeline on real images, and every kind of bad input it must refuse cheaply."""
 
-import io
 import struct
 import tracemalloc
 import zlib

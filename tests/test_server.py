@@ -10,7 +10,6 @@ import pytest
 import requests
 import socketio
 
-from tests.conftest import synthetic_face
 from webapp.slots import FrameSlots, Pending
 from webapp.stats import LiveStats
 from webapp.vision.labels import LABELS

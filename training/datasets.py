@@ -309,11 +309,11 @@ def face_counts(samples: Iterable[Sample]) -> dict[str, Counter[str]]:
 
 def describe_split(train: Sequence[Sample], val: Sequence[Sample]) -> str:
     """A table of faces (and images) per source and label on each side of the split."""
-    lines = [f"{'source':26s} {'side':5s} {'images':>6s} " + " ".join(f"{l:>14s}" for l in LABELS)]
+    lines = [f"{'source':26s} {'side':5s} {'images':>6s} " + " ".join(f"{lab:>14s}" for lab in LABELS)]
     for side, part in (("train", train), ("val", val)):
         counts = face_counts(part)
         for source in sorted(counts):
             n_images = sum(1 for s in part if s.source == source)
             lines.append(f"{source:26s} {side:5s} {n_images:6d} "
-                         + " ".join(f"{counts[source][l]:14d}" for l in LABELS))
+                         + " ".join(f"{counts[source][lab]:14d}" for lab in LABELS))
     return "\n".join(lines)

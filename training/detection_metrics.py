@@ -96,7 +96,7 @@ def detector_recall(truths: Sequence[Sequence[Truth]], boxes: Sequence[Sequence[
 
     Also the class-agnostic precision: share of detections that overlap some true face.
     """
-    found = {(l, b): 0 for l in LABELS for b, _, _ in SIZE_BUCKETS}
+    found = {(lab, b): 0 for lab in LABELS for b, _, _ in SIZE_BUCKETS}
     total = dict(found)
     hits = n_det = 0
     for gt, det in zip(truths, boxes):
@@ -116,10 +116,10 @@ def detector_recall(truths: Sequence[Sequence[Truth]], boxes: Sequence[Sequence[
 
     buckets = [b for b, _, _ in SIZE_BUCKETS]
     return {
-        "recall": {l: ratio([(l, b) for b in buckets]) for l in LABELS},
-        "recall_min32": {l: ratio([(l, ">=32px")]) for l in LABELS},
-        "recall_by_size": {l: {b: ratio([(l, b)]) for b in buckets} for l in LABELS},
-        "support_by_size": {l: {b: total[(l, b)] for b in buckets} for l in LABELS},
+        "recall": {lab: ratio([(lab, b) for b in buckets]) for lab in LABELS},
+        "recall_min32": {lab: ratio([(lab, ">=32px")]) for lab in LABELS},
+        "recall_by_size": {lab: {b: ratio([(lab, b)]) for b in buckets} for lab in LABELS},
+        "support_by_size": {lab: {b: total[(lab, b)] for b in buckets} for lab in LABELS},
         "recall_all": ratio(list(total)),
         "precision": None if n_det == 0 else hits / n_det,
     }

@@ -133,11 +133,11 @@ def _pct(v: float | None) -> str:
 
 def format_detector_table(rows: Sequence[dict[str, Any]]) -> str:
     buckets = [b for b, _, _ in SIZE_BUCKETS]
-    head = " | ".join(f"{l} {'/'.join(buckets)}" for l in LABELS)
+    head = " | ".join(f"{lab} {'/'.join(buckets)}" for lab in LABELS)
     lines = [f"| detector | all | {head} | precision | ms/image |",
              "|---|---|" + "---|" * len(LABELS) + "---|---|"]
     for r in rows:
-        cells = " | ".join(" / ".join(_pct(r["recall_by_size"][l][b]) for b in buckets) for l in LABELS)
+        cells = " | ".join(" / ".join(_pct(r["recall_by_size"][lab][b]) for b in buckets) for lab in LABELS)
         lines.append(f"| {r['detector']} | {_pct(r['recall_all'])} | {cells} | {_pct(r['precision'])} | "
                      f"{r['ms_median']:.1f} |")
     return "\n".join(lines)
@@ -149,9 +149,9 @@ def format_end_to_end(r: dict[str, Any]) -> str:
     lines = [f"end to end on {r['images']} images (median {r['ms_per_image_median']:.1f} ms/image)",
              f"  mAP@0.5 all faces {f(r['map50'])}   faces >= 32 px {f(r['map50_min32'])}",
              f"  {'label':16s} {'AP50':>6s} {'AP50>=32':>9s} {'recall':>7s} {'recall>=32':>10s}"]
-    for l in LABELS:
-        lines.append(f"  {l:16s} {f(r['ap50'][l]):>6s} {f(r['ap50_min32'][l]):>9s} "
-                     f"{f(r['recall'][l]):>7s} {f(r['recall_min32'][l]):>10s}")
+    for lab in LABELS:
+        lines.append(f"  {lab:16s} {f(r['ap50'][lab]):>6s} {f(r['ap50_min32'][lab]):>9s} "
+                     f"{f(r['recall'][lab]):>7s} {f(r['recall_min32'][lab]):>10s}")
     lines.append(f"  detector precision (IoU >= 0.4 with a true face): {f(r['precision'])}")
     return "\n".join(lines)
 

@@ -25,7 +25,7 @@ def classifier_section(y_true: Sequence[str], y_pred: Sequence[str],
     if not y_true:
         return {"accuracy": None, "macro_f1": None, "per_class": {}, "confusion": [],
                 "labels": list(labels), "n": 0}
-    present = [l for l in labels if l in set(y_true)]
+    present = [lab for lab in labels if lab in set(y_true)]
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=list(labels),
                                                  zero_division=0)
     return {

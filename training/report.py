@@ -56,7 +56,7 @@ def write_plots(metrics: dict[str, Any], out: Path) -> None:
     sections = list(metrics["val"].items())
     fig, axes = plt.subplots(1, len(sections), figsize=(4.2 * len(sections), 4))
     for ax, (source, sec) in zip(list(axes) if len(sections) > 1 else [axes], sections):
-        present = [i for i, l in enumerate(LABELS) if sec["per_class"][l]["support"]
+        present = [i for i, lab in enumerate(LABELS) if sec["per_class"][lab]["support"]
                    or any(row[i] for row in sec["confusion"])]
         cm = [[sec["confusion"][r][c] for c in present] for r in present]
         names = [LABELS[i].replace("_", "\n") for i in present]
@@ -80,14 +80,14 @@ def _fmt(v: float | None) -> str:
 
 
 def _section_table(rows: list[tuple[str, dict]]) -> list[str]:
-    lines = ["| subset | faces | accuracy | macro-F1 | " + " | ".join(f"{l} P / R / F1" for l in LABELS) + " |",
+    lines = ["| subset | faces | accuracy | macro-F1 | " + " | ".join(f"{lab} P / R / F1" for lab in LABELS) + " |",
              "|---|---|---|---|" + "---|" * len(LABELS)]
     for name, sec in rows:
         if not sec.get("n"):
             continue
         cells = []
-        for l in LABELS:
-            c = sec["per_class"][l]
+        for lab in LABELS:
+            c = sec["per_class"][lab]
             cells.append("–" if not c["support"] else
                          f"{c['precision']:.2f} / {c['recall']:.2f} / {c['f1']:.2f} (n={c['support']})")
         lines.append(f"| {name} | {sec['n']} | {_fmt(sec['accuracy'])} | {_fmt(sec['macro_f1'])} | "
@@ -113,7 +113,7 @@ def write_model_card(out: Path) -> None:
         "`experiments.json`; do not edit by hand._",
         "",
         "## What it does",
-        f"Classifies one face crop as {', '.join(f'`{l}`' for l in LABELS)}. The server crops each "
+        f"Classifies one face crop as {', '.join(f'`{lab}`' for lab in LABELS)}. The server crops each "
         "detected face with `webapp/vision/crop.py` (the same function training used) and runs "
         "`mask_classifier.tflite` (fp32) with LiteRT. `mask_classifier.keras` is the same network "
         "for Keras (no optimizer state).",
@@ -148,7 +148,7 @@ def write_model_card(out: Path) -> None:
     ]
     for side in ("train", "val"):
         for source, counts in sorted(m["split"][side].items()):
-            L.append(f"| {source} | {side} | " + " | ".join(str(counts.get(l, 0)) for l in LABELS)
+            L.append(f"| {source} | {side} | " + " | ".join(str(counts.get(lab, 0)) for lab in LABELS)
                      + f" | {SOURCES_NOTE.get(source, '')} |")
     L += ["", "## Validation results (TFLite file, true face boxes, no test-time augmentation)", ""]
     L += _section_table([(s, sec) for s, sec in m["val"].items()]
@@ -191,11 +191,13 @@ def write_model_card(out: Path) -> None:
                   f"{b['kaggle_f1']}, mask_incorrect recall {a['kaggle_incorrect_recall']} vs "
                   f"{b['kaggle_incorrect_recall']}; both runs also train on the extra incorrect-mask faces "
                   "of maskedfacenet-maskon. Later runs use class weights.", ""]
-        L += [f"The shipped model is `{m['command'].split('--out ')[-1].split()[0] if '--out' in m['command'] else 'model/'}`"
+        shipped = m["command"].split("--out ")[-1].split()[0] if "--out" in m["command"] else "model/"
+        L += [f"The shipped model is `{shipped}`"
               " when it appears above: chosen as the run that meets every classifier acceptance threshold on "
               "validation (kaggle-facemask macro-F1 ≥ 0.78, ≥ 0.88 on faces ≥ 32 px, mask_incorrect recall ≥ 0.55; "
               "maskedfacenet-maskon ≥ 0.95, chandrikadeb7 ≥ 0.97 accuracy). Choosing among runs on the validation "
-              "split flatters it: expect somewhat lower scores on unseen data. Width α 1.0 was not better than α 0.35 at 128 px on this split, at "
+              "split flatters it: expect somewhat lower scores on unseen data. Width α 1.0 was not better than "
+              "α 0.35 at 128 px on this split, at "
               "several times the latency; the runs differ by less than the split's noise (25 mask_incorrect "
               "faces: one face is 0.04 of recall).", ""]
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from training.datasets import ALL_DATASETS, KAGGLE, describe_split, face_counts, load_all, split_by_image
 from training.faces import FaceSet, augmented_batch
-from training.metrics import classifier_section, format_report, macro_f1, size_bucket, SIZE_BUCKETS
+from training.metrics import SIZE_BUCKETS, classifier_section, format_report, macro_f1, size_bucket
 from webapp.config import Settings
 from webapp.vision.classifier import LABELS_FILE, MODEL_FILE, MaskClassifier
 from webapp.vision.crop import DEFAULT_MARGIN, to_model_input
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         "versions": {"keras": keras.__version__, "tensorflow": _tf_version(), "numpy": np.__version__},
     })
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    from training.report import write_plots, write_model_card
+    from training.report import write_model_card, write_plots
     write_plots(metrics, args.out)
     write_model_card(args.out)
     for source, section in metrics["val"].items():

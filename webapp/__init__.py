@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from flask import Flask, request
-from werkzeug.exceptions import HTTPException
 from flask_socketio import SocketIO
+from werkzeug.exceptions import HTTPException
 
 __version__ = "0.1.0"
 
@@ -21,11 +21,11 @@ log = logging.getLogger(__name__)
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Application factory; ``test_config`` overrides settings (see ``webapp.config.Settings``)."""
+    from webapp import security
     from webapp.cli import build_pipeline
     from webapp.config import PROJECT_ROOT, Settings
     from webapp.events import CameraNamespace, DashboardNamespace, InferenceService
     from webapp.history import History
-    from webapp import security
     from webapp.views import bp
 
     settings = Settings.load(test_config)

@@ -20,8 +20,8 @@ from flask import request
 from flask_socketio import ConnectionRefusedError, Namespace, SocketIO
 
 from webapp.config import Settings
-from webapp.security import token_ok
 from webapp.history import History
+from webapp.security import token_ok
 from webapp.slots import FrameSlots, Pending
 from webapp.stats import LiveStats, local_midnight
 from webapp.tracker import FaceTracker
@@ -79,7 +79,7 @@ class InferenceService:
         self._frame_numbers: dict[str, int] = {}
         self._trackers: dict[str, FaceTracker] = {}
         self._camera_names: dict[str, str] = {}
-        self._trackers_lock = threading.Lock()
+        self._connections_lock = threading.Lock()
         self._running = False
         self._eventlet = settings.async_mode == "eventlet"
 
@@ -110,8 +110,9 @@ class InferenceService:
             seq, image, camera = parse_frame(data, self.settings.max_frame_bytes)
         except FrameError as exc:
             return error_payload(seq, exc.code, exc.message)
-        number = self._frame_numbers.get(sid, 0)
-        self._frame_numbers[sid] = number + 1
+        with self._connections_lock:
+            number = self._frame_numbers.get(sid, 0)
+            self._frame_numbers[sid] = number + 1
         replaced = self.slots.put(sid, Pending(seq, image, camera, time.time(), number))
         if replaced is not None:
             self.stats.frame_dropped(sid)
@@ -119,8 +120,8 @@ class InferenceService:
 
     def forget(self, sid: str) -> None:
         self.slots.discard(sid)
-        self._frame_numbers.pop(sid, None)
-        with self._trackers_lock:
+        with self._connections_lock:
+            self._frame_numbers.pop(sid, None)
             tracker = self._trackers.pop(sid, None)
             people = tracker.flush() if tracker else []
             name = self._camera_names.pop(sid, sid)
@@ -132,9 +133,11 @@ class InferenceService:
         self.stats.add_person(label)
         self.history.add("people", camera, label)
 
-    def _track(self, sid: str, camera: str, result, now: float) -> list[int]:
+    def _track(self, sid: str, camera: str, result, now: float) -> list[int | None]:
         """Track ids for the faces of a result; counts people who left, raises alerts."""
-        with self._trackers_lock:
+        with self._connections_lock:
+            if sid not in self._frame_numbers:  # the camera left while its frame was processed
+                return [None] * len(result.faces)
             tracker = self._trackers.get(sid)
             if tracker is None:
                 tracker = self._trackers[sid] = FaceTracker(self.settings.track_min_frames,

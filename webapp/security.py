@@ -74,7 +74,8 @@ def init_app(app: Flask) -> None:
             return response
         if token_ok(request, token) or request.path.startswith("/socket.io"):
             return None  # Socket.IO checks the token itself on connect
-        if request.path.startswith("/api/") or request.path == "/healthz" or request.accept_mimetypes.best == "application/json":
+        wants_json = request.accept_mimetypes.best == "application/json"
+        if request.path.startswith("/api/") or request.path == "/healthz" or wants_json:
             return {"error": "unauthorized", "message": "log in at /login or send the access token"}, 401
         return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
 

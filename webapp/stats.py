@@ -109,8 +109,8 @@ class LiveStats:
         now = time.time() if now is None else now
         with self._lock:
             cam = self._cameras.get(camera_id)
-            if cam is None:
-                cam = self._cameras[camera_id] = CameraStats(camera_id, name or camera_id)
+            if cam is None:  # disconnected while its last frame was being processed
+                return
             if name:
                 cam.name = name
             if cam.last_seen is not None:

@@ -8,7 +8,6 @@ here so a retrained model with another input size needs no code change.
 from __future__ import annotations
 
 import json
-import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +16,7 @@ from typing import Any
 import numpy as np
 
 from webapp.vision.labels import LABELS
-
-log = logging.getLogger(__name__)
+from webapp.vision.litert import InterpreterUnavailable, load_interpreter
 
 MODEL_FILE = "mask_classifier.tflite"
 LABELS_FILE = "labels.json"
@@ -26,20 +24,6 @@ LABELS_FILE = "labels.json"
 
 class ModelFilesError(RuntimeError):
     """The model folder is missing a file or holds one that cannot be loaded."""
-
-
-def _interpreter_class() -> type:
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:  # platforms without a LiteRT wheel
-        try:
-            import tensorflow as tf
-        except ImportError:
-            raise ModelFilesError("neither ai-edge-litert nor tensorflow is installed; "
-                                  "run: pip install ai-edge-litert") from None
-        log.warning("ai-edge-litert unavailable; using TensorFlow's TFLite interpreter")
-        return tf.lite.Interpreter
-    return Interpreter
 
 
 @dataclass(frozen=True)
@@ -85,9 +69,9 @@ class MaskClassifier:
         if not self.model_path.is_file():
             raise ModelFilesError(f"missing {self.model_path}")
         try:
-            self._interpreter = _interpreter_class()(model_path=str(self.model_path),
-                                                     num_threads=max(1, threads))
-            self._interpreter.allocate_tensors()
+            self._interpreter = load_interpreter(self.model_path, threads)
+        except InterpreterUnavailable as exc:
+            raise ModelFilesError(str(exc)) from None
         except ValueError as exc:
             raise ModelFilesError(f"cannot load {self.model_path}: {exc}") from None
         self._input = self._interpreter.get_input_details()[0]

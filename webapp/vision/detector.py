@@ -11,7 +11,6 @@ OpenCV's Haar cascade is kept as the seed-style baseline for comparison.
 from __future__ import annotations
 
 import importlib.util
-import logging
 import math
 import threading
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from typing import Protocol, Sequence
 import cv2
 import numpy as np
 
-log = logging.getLogger(__name__)
+from webapp.vision.litert import load_interpreter
 
 
 @dataclass(frozen=True)
@@ -88,14 +87,6 @@ def ssd_anchor_centres(size: int, strides: Sequence[int], per_layer: int) -> np.
     return np.concatenate(centres).astype(np.float32)
 
 
-def _interpreter(path: Path, threads: int):
-    from ai_edge_litert.interpreter import Interpreter  # noqa: WPS433 (one import site)
-
-    interpreter = Interpreter(model_path=str(path), num_threads=threads)
-    interpreter.allocate_tensors()
-    return interpreter
-
-
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Pairwise IoU of (N, 4) and (M, 4) boxes."""
     x0 = np.maximum(a[:, None, 0], b[None, :, 0])
@@ -149,7 +140,7 @@ class BlazeFace:
         path = (model_dir or blazeface_model_dir()) / self.spec.file
         if not path.is_file():
             raise DetectorUnavailable(f"missing {path}")
-        self._interp = _interpreter(path, threads)
+        self._interp = load_interpreter(path, threads)
         self._input = self._interp.get_input_details()[0]["index"]
         outputs = self._interp.get_output_details()
         self._boxes_out = next(o["index"] for o in outputs if o["shape"][-1] == 16)
@@ -261,9 +252,9 @@ class HaarDetector:
     name = "haar"
 
     def __init__(self, min_size: int = 16) -> None:
-        path = Path(getattr(cv2, "data", None).haarcascades) / "haarcascade_frontalface_default.xml" \
-            if hasattr(cv2, "data") else None
-        if path is None or not path.is_file() or not hasattr(cv2, "CascadeClassifier"):
+        cascades = getattr(getattr(cv2, "data", None), "haarcascades", None)
+        path = Path(cascades or "") / "haarcascade_frontalface_default.xml"
+        if not cascades or not path.is_file() or not hasattr(cv2, "CascadeClassifier"):
             raise DetectorUnavailable("OpenCV Haar cascades need opencv-python-headless < 5")
         self._cascade = cv2.CascadeClassifier(str(path))
         self.min_size = min_size
