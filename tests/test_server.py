@@ -207,3 +207,31 @@ def test_live_stats_snapshot():
     assert stale["in_view"]["with_mask"] == 0
     stats.camera_gone("s1")
     assert stats.snapshot()["cameras"] == []
+
+
+@pytest.mark.parametrize("mode", ["eventlet", "gevent"])
+def test_green_async_modes_serve_frames_from_several_cameras(mode, frame_bytes, tmp_path):
+    """The opt-in modes run inference off their event loop; several cameras at once must not stall."""
+    pytest.importorskip(mode, reason=f"pip install '.[{mode}]' for --async-mode {mode}")
+    from tests.conftest import LiveServer
+
+    server = LiveServer(["--async-mode", mode],
+                        env={"MASKWATCH_WORKERS": "2", "MASKWATCH_HISTORY_PATH": str(tmp_path / "h.db")}).wait_ready()
+    cams = [Camera(server.url, f"cam {i}") for i in range(3)]
+    try:
+        results = {}
+
+        def stream(i, cam):
+            results[i] = [answer(cam, {"seq": n, "image": frame_bytes})[0] for n in range(4)]
+
+        threads = [threading.Thread(target=stream, args=(i, c)) for i, c in enumerate(cams)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert results == {i: ["detections"] * 4 for i in range(3)}
+        assert requests.get(server.url + "/healthz", timeout=5).json()["async_mode"] == mode
+    finally:
+        for cam in cams:
+            cam.close()
+        server.stop()

@@ -182,6 +182,8 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--async-mode", choices=("threading", "eventlet", "gevent"),
                    help="Socket.IO server mode (default threading)")
     s.add_argument("--workers", type=int, help="inference worker threads (default: one per core)")
+    s.add_argument("--alerts", choices=("off", "visual", "sound"),
+                   help="camera page alert for people without a (correct) mask (default visual)")
     s.add_argument("--token", help="access token for pages and sockets (or MASKWATCH_TOKEN)")
     s.add_argument("--no-auth", action="store_true", default=None,
                    help="allow a non-loopback bind without a token (anyone on the network can use it)")
@@ -201,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         overrides = {"model_dir": args.model, "detector": args.detector}
-        for key in ("host", "port", "certfile", "keyfile", "async_mode", "workers", "token", "no_auth"):
+        for key in ("host", "port", "certfile", "keyfile", "async_mode", "workers", "token", "no_auth", "alerts"):
             overrides[key] = getattr(args, key, None)
         settings = Settings.load(overrides)
         return args.func(args, settings)

@@ -81,7 +81,6 @@ class InferenceService:
         self._camera_names: dict[str, str] = {}
         self._connections_lock = threading.Lock()
         self._running = False
-        self._eventlet = settings.async_mode == "eventlet"
 
     def start(self) -> None:
         """Start the workers and the broadcaster (idempotent)."""
@@ -160,9 +159,13 @@ class InferenceService:
         return ids
 
     def _run(self, fn, *args, **kwargs):
-        if self._eventlet:
-            from eventlet import tpool  # inference must not block eventlet's hub
+        """Run the model off the event loop in the green modes (it would block every socket)."""
+        if self.settings.async_mode == "eventlet":
+            from eventlet import tpool
             return tpool.execute(fn, *args, **kwargs)
+        if self.settings.async_mode == "gevent":
+            import gevent
+            return gevent.get_hub().threadpool.apply(fn, args, kwargs)
         return fn(*args, **kwargs)
 
     def _work(self, pipeline: Pipeline) -> None:

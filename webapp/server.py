@@ -75,10 +75,11 @@ class MaskwatchServer(BaseApplication):
 
 
 def run_server(settings: Settings, urls: list[str]) -> int:
-    if settings.async_mode == "eventlet":
+    if settings.async_mode in ("eventlet", "gevent"):
         try:
-            import eventlet  # noqa: F401
+            __import__(settings.async_mode)
         except ImportError:
-            raise ValueError("--async-mode eventlet needs: pip install '.[eventlet]'") from None
+            raise ValueError(f"--async-mode {settings.async_mode} needs: "
+                             f"pip install '.[{settings.async_mode}]'") from None
     MaskwatchServer(settings, urls).run()
     return 0
