@@ -62,7 +62,7 @@ class FaceTracker:
     """Tracks for one camera. Not thread-safe: each camera is processed by one worker at a time."""
 
     def __init__(self, min_frames: int = 3, max_gap_s: float = 1.0, iou_threshold: float = 0.2,
-                 max_centre_jump: float = 1.0) -> None:
+                 max_centre_jump: float = 1.5) -> None:
         self.min_frames = min_frames
         self.max_gap_s = max_gap_s
         self.iou_threshold = iou_threshold

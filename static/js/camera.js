@@ -64,7 +64,8 @@
     const now = performance.now();
     answerTimes.push(now);
     answerTimes = answerTimes.filter((t) => now - t < 2000);
-    $("hud-fps").textContent = (answerTimes.length / 2).toFixed(1);
+    const span = (now - answerTimes[0]) / 1000;
+    $("hud-fps").textContent = span > 0 ? ((answerTimes.length - 1) / span).toFixed(1) : "–";
     $("hud-rtt").textContent = Math.round(rttAvg) + " ms";
     $("hud-faces").textContent = String(msg.faces.length);
     draw(msg);
