@@ -203,6 +203,10 @@
 
   async function start() {
     showMessage("");
+    // Browsers allow sound only after a user gesture: this click is one.
+    if (alertMode === "sound" && !audio) {
+      try { audio = new (window.AudioContext || window.webkitAudioContext)(); } catch (e) { audio = null; }
+    }
     if (!window.isSecureContext || !navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
       showMessage("Browsers only give cameras to secure pages. Open this page over https:// " +
         "(start the server with --certfile/--keyfile; see the README, \"Run at an entrance\"), " +
