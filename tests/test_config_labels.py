@@ -29,6 +29,13 @@ def test_settings_env_then_overrides(tmp_path):
     assert Settings.load(environ={}).model_dir == Path(__file__).resolve().parent.parent / "model"
 
 
+@pytest.mark.parametrize("env", [{"MASKWATCH_ALERTS": "loud"}, {"MASKWATCH_ASYNC_MODE": "asyncio"},
+                                 {"MASKWATCH_PORT": "70000"}, {"MASKWATCH_TILE_EVERY": "0"}])
+def test_settings_reject_values_out_of_range(env):
+    with pytest.raises(ValueError, match="setting"):
+        Settings.load(environ=env)
+
+
 def test_settings_reject_bad_values():
     with pytest.raises(ValueError, match="integer"):
         Settings.load(environ={"MASKWATCH_CLASSIFIER_THREADS": "two"})

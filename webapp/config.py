@@ -68,6 +68,17 @@ class Settings:
     # Dashboard 'counts' events at most this often (seconds).
     counts_interval: float = 0.5
 
+    def __post_init__(self) -> None:
+        choices = {"alerts": ("off", "visual", "sound"), "async_mode": ("threading", "eventlet", "gevent")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"setting {name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if not 0 < self.port < 65536:
+            raise ValueError(f"setting port must be 1-65535, got {self.port}")
+        for name in ("tile_every", "track_min_frames", "retention_days", "max_frame_bytes", "max_image_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"setting {name} must be at least 1, got {getattr(self, name)}")
+
     @classmethod
     def load(cls, overrides: Mapping[str, Any] | None = None,
              environ: Mapping[str, str] | None = None) -> "Settings":
