@@ -16,9 +16,9 @@ import requests
 from tests.conftest import LiveServer
 from tests.test_server import Camera, answer
 from training.datasets import CHANDRIKA, MASKON, load_all, read_rgb, split_by_image
-from webapp.cli import build_pipeline
 from webapp.config import Settings
 from webapp.vision.crop import cut_face
+from webapp.vision.pipeline import build_pipeline
 
 SIZE = 150
 WANT = {"with_mask": 2, "without_mask": 2, "mask_incorrect": 1}

@@ -9,10 +9,17 @@ import numpy as np
 import pytest
 
 from tests.conftest import synthetic_face
-from webapp.cli import build_pipeline
 from webapp.config import Settings
 from webapp.vision.labels import LABELS
-from webapp.vision.pipeline import FILE_FORMATS, FrameError, NotAnImage, TooLarge, check_image_bytes, decode_image
+from webapp.vision.pipeline import (
+    FILE_FORMATS,
+    FrameError,
+    NotAnImage,
+    TooLarge,
+    build_pipeline,
+    check_image_bytes,
+    decode_image,
+)
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,7 @@ from webapp.vision.classifier import MaskClassifier
 from webapp.vision.crop import to_model_input
 from webapp.vision.detector import DETECTORS, create_detector
 from webapp.vision.labels import LABELS
-from webapp.vision.pipeline import FILE_FORMATS, FrameError, Pipeline, decode_image
+from webapp.vision.pipeline import FILE_FORMATS, FrameError, Pipeline, build_pipeline, decode_image
 
 log = logging.getLogger("training.evaluate")
 
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     classifier = MaskClassifier(settings.model_dir, settings.classifier_threads)
     result["model"] = str(classifier.model_path)
     if args.images:
-        pipeline = Pipeline(create_detector(settings.detector, settings.detector_threads), classifier)
+        pipeline = build_pipeline(settings)
         result["detector"] = settings.detector
         result.update(end_to_end(samples, pipeline))
         print(format_end_to_end(result))

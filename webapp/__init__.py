@@ -22,11 +22,11 @@ log = logging.getLogger(__name__)
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Application factory; ``test_config`` overrides settings (see ``webapp.config.Settings``)."""
     from webapp import security
-    from webapp.cli import build_pipeline
     from webapp.config import PROJECT_ROOT, Settings
     from webapp.events import CameraNamespace, DashboardNamespace, InferenceService
     from webapp.history import History
     from webapp.views import bp
+    from webapp.vision.pipeline import build_pipeline
 
     settings = Settings.load(test_config)
     app = Flask(__name__, instance_relative_config=True,
@@ -48,7 +48,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
                         max_http_buffer_size=settings.max_frame_bytes * 2 + 64 * 1024)
     history = History(settings.history_path or Path(app.instance_path) / "maskwatch.sqlite3",
                       settings.retention_days)
-    service = InferenceService(socketio, settings, lambda: build_pipeline(settings), history)
+    service = InferenceService(socketio, settings, lambda sharing: build_pipeline(settings, sharing), history)
     app.extensions["maskwatch"] = service
     socketio.on_namespace(CameraNamespace("/", service))
     socketio.on_namespace(DashboardNamespace("/dashboard", service))

@@ -13,23 +13,13 @@ import cv2
 import numpy as np
 
 from webapp.config import Settings
-from webapp.vision.pipeline import FILE_FORMATS, FrameError, FrameResult, Pipeline, decode_image, sniff_format
+from webapp.vision.pipeline import FILE_FORMATS, FrameError, FrameResult, build_pipeline, decode_image, sniff_format
 
 log = logging.getLogger("maskwatch")
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 # BGR colours for annotated copies; the web pages use the same hues.
 COLOURS = {"with_mask": (80, 175, 76), "mask_incorrect": (0, 165, 255), "without_mask": (60, 60, 230)}
-
-
-def build_pipeline(settings: Settings) -> Pipeline:
-    """The served pipeline, as configured."""
-    from webapp.vision.classifier import MaskClassifier
-    from webapp.vision.detector import create_detector
-
-    return Pipeline(create_detector(settings.detector, settings.detector_threads),
-                    MaskClassifier(settings.model_dir, settings.classifier_threads),
-                    max_bytes=settings.max_image_bytes)
 
 
 def expand_inputs(paths: Sequence[str]) -> Iterator[str]:

@@ -36,9 +36,10 @@ class Settings:
     model_dir: Path = field(default_factory=_default_model_dir, metadata={"env": "MASKWATCH_MODEL"})
     # TFLite interpreter threads for the classifier (measured in bench/classifier.py).
     classifier_threads: int = 1
-    # Face detector by name (webapp/vision/detector.py DETECTORS) and its interpreter threads.
+    # Face detector by name (webapp/vision/detector.py DETECTORS) and its interpreter threads
+    # (0 = the CPU cores shared among the pipelines that run side by side).
     detector: str = "blazeface"
-    detector_threads: int = 1
+    detector_threads: int = 0
     # Largest encoded image accepted from files (maskwatch detect), in bytes.
     max_image_bytes: int = 8 * 1024 * 1024
     # Largest camera frame accepted over Socket.IO; the Socket.IO message limit is set above it,

@@ -68,7 +68,7 @@ class InferenceService:
     """Frame slots, the inference workers and the dashboard broadcaster of one server."""
 
     def __init__(self, socketio: SocketIO, settings: Settings,
-                 make_pipeline: Callable[[], Pipeline], history: History) -> None:
+                 make_pipeline: Callable[[int], Pipeline], history: History) -> None:
         self.socketio = socketio
         self.settings = settings
         self.make_pipeline = make_pipeline
@@ -88,7 +88,7 @@ class InferenceService:
             return
         self._running = True
         n = self.settings.workers or os.cpu_count() or 1
-        pipelines = [self.make_pipeline() for _ in range(n)]  # load models now: fail fast
+        pipelines = [self.make_pipeline(n) for _ in range(n)]  # load models now: fail fast
         for pipeline in pipelines:
             self.socketio.start_background_task(self._work, pipeline)
         self.socketio.start_background_task(self._broadcast)

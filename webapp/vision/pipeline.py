@@ -9,10 +9,11 @@ by name), the pixel dimensions (read from the header before any pixel is decoded
 from __future__ import annotations
 
 import io
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Collection
+from typing import TYPE_CHECKING, Collection
 
 import cv2
 import numpy as np
@@ -21,6 +22,9 @@ from PIL import Image
 from webapp.vision.classifier import MaskClassifier
 from webapp.vision.crop import crop_faces
 from webapp.vision.detector import FaceDetector
+
+if TYPE_CHECKING:
+    from webapp.config import Settings
 
 MAX_SIDE = 4096
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024
@@ -131,6 +135,22 @@ def decode_image(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES, max_side: int 
     if bgr is None:
         raise NotAnImage("the image data is corrupt and could not be decoded")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def build_pipeline(settings: "Settings", sharing: int = 1) -> "Pipeline":
+    """The served pipeline, as configured.
+
+    ``sharing`` is how many pipelines run side by side (the server's inference workers): unless
+    ``detector_threads`` is set, the detector gets the CPU cores divided among them, so one
+    image at a time (``maskwatch detect``, evaluation) uses every core and N workers one each.
+    """
+    from webapp.vision.classifier import MaskClassifier
+    from webapp.vision.detector import create_detector
+
+    threads = settings.detector_threads or max(1, (os.cpu_count() or 1) // max(sharing, 1))
+    return Pipeline(create_detector(settings.detector, threads),
+                    MaskClassifier(settings.model_dir, settings.classifier_threads),
+                    max_bytes=settings.max_image_bytes)
 
 
 class Pipeline:
