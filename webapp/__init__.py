@@ -6,7 +6,6 @@ lives in ``webapp.vision`` and is usable on its own (CLI, evaluation, benchmarks
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -15,8 +14,6 @@ from flask_socketio import SocketIO
 from werkzeug.exceptions import HTTPException
 
 __version__ = "0.1.0"
-
-log = logging.getLogger(__name__)
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
