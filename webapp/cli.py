@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -79,8 +80,9 @@ def cmd_detect(args: argparse.Namespace, settings: Settings) -> int:
     used: set[Path] = set()
     for given in expand_inputs(args.images):
         try:
-            data = Path(given).read_bytes()
-            result = pipeline.process(data, formats=FILE_FORMATS)
+            t0 = time.perf_counter()
+            image = decode_image(Path(given).read_bytes(), settings.max_image_bytes, formats=FILE_FORMATS)
+            result = pipeline.process_image(image, t0=t0)
         except (OSError, FrameError) as exc:
             failed += 1
             message = exc.message if isinstance(exc, FrameError) else (exc.strerror or str(exc))
@@ -90,7 +92,6 @@ def cmd_detect(args: argparse.Namespace, settings: Settings) -> int:
                 print(f"{given}: error: {message}", flush=True)
             continue
         if args.out:
-            image = decode_image(data, settings.max_image_bytes, formats=FILE_FORMATS)
             cv2.imwrite(str(_out_path(args.out, given, used)), annotate(image, result))
         if args.json:
             print(json.dumps({"image": given, **result.to_dict()}), flush=True)
