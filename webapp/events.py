@@ -78,7 +78,6 @@ class InferenceService:
         self.started = time.time()
         self._frame_numbers: dict[str, int] = {}
         self._trackers: dict[str, FaceTracker] = {}
-        self._camera_names: dict[str, str] = {}
         self._connections_lock = threading.Lock()
         self._running = False
 
@@ -123,7 +122,7 @@ class InferenceService:
             self._frame_numbers.pop(sid, None)
             tracker = self._trackers.pop(sid, None)
             people = tracker.flush() if tracker else []
-            name = self._camera_names.pop(sid, sid)
+        name = self.stats.camera_name(sid)
         for person in people:  # whoever was still in view when the camera went away
             self._count_person(name, person.label)
         self.stats.camera_gone(sid)
@@ -141,7 +140,6 @@ class InferenceService:
             if tracker is None:
                 tracker = self._trackers[sid] = FaceTracker(self.settings.track_min_frames,
                                                             self.settings.track_max_gap_s)
-            self._camera_names[sid] = camera
             ids, ended, confirmed = tracker.update([f.box for f in result.faces], [f.label for f in result.faces],
                                                    [f.score for f in result.faces], now)
         for person in ended:
