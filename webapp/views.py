@@ -11,6 +11,8 @@ from flask import Blueprint, Response, abort, current_app, jsonify, render_templ
 
 from webapp import __version__
 from webapp.config import PROJECT_ROOT
+from webapp.history import History, parse_since
+from webapp.stats import local_midnight
 
 bp = Blueprint("views", __name__)
 
@@ -66,16 +68,13 @@ def stats():
 
 
 def _history_rows():
-    from webapp.history import parse_since
-    from webapp.stats import local_midnight
+    """(bucket, since, rows) of a history request; bad parameters are a 400 with the reason."""
     bucket = request.args.get("bucket", "minute")
-    if bucket not in ("minute", "hour"):
-        abort(400, description="bucket must be 'minute' or 'hour'")
     try:
         since = parse_since(request.args.get("since"), local_midnight())
+        return bucket, since, _service().history.query(bucket, since)
     except ValueError as exc:
         abort(400, description=str(exc))
-    return bucket, since, _service().history.query(bucket, since)
 
 
 @bp.get("/api/history")
@@ -87,7 +86,6 @@ def history():
 @bp.get("/api/history.csv")
 def history_csv():
     _, _, rows = _history_rows()
-    from webapp.history import History
     return Response(History.to_csv(rows), mimetype="text/csv",
                     headers={"Content-Disposition": "attachment; filename=maskwatch-history.csv"})
 
