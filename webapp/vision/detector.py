@@ -27,7 +27,6 @@ from webapp.vision.litert import load_interpreter
 class Detection:
     box: tuple[float, float, float, float]  # x0, y0, x1, y1 in image pixels
     score: float
-    source: str = ""  # which model/tile found it (for evaluation tables)
 
 
 class FaceDetector(Protocol):
@@ -136,7 +135,7 @@ def weighted_nms(dets: list[Detection], iou: float, contained: float = 0.8) -> l
         blend[i] = True
         w = scores[blend][:, None]
         box = (boxes[blend] * w).sum(0) / w.sum()
-        kept.append(Detection(tuple(float(v) for v in box), float(scores[i]), dets[i].source))
+        kept.append(Detection(tuple(float(v) for v in box), float(scores[i])))
         alive &= ~(blend | same[i])  # contained boxes of another geometry are only dropped
     return kept
 
@@ -192,7 +191,7 @@ class BlazeFace:
         to_x = lambda v: (v * s - pad_x) / scale + x0  # noqa: E731
         to_y = lambda v: (v * s - pad_y) / scale + y0  # noqa: E731
         boxes = np.stack([to_x(cx - bw / 2), to_y(cy - bh / 2), to_x(cx + bw / 2), to_y(cy + bh / 2)], 1)
-        return [Detection(tuple(float(v) for v in b), float(sc), self.name)
+        return [Detection(tuple(float(v) for v in b), float(sc))
                 for b, sc in zip(boxes, scores[keep])]
 
 
@@ -222,7 +221,7 @@ def _adjust(d: Detection, adjust: tuple[float, float, float, float]) -> Detectio
     x0, y0, x1, y1 = d.box
     w, h = x1 - x0, y1 - y0
     cx, cy = (x0 + x1) / 2 + dx * w, (y0 + y1) / 2 + dy * h
-    return Detection((cx - w * sx / 2, cy - h * sy / 2, cx + w * sx / 2, cy + h * sy / 2), d.score, d.source)
+    return Detection((cx - w * sx / 2, cy - h * sy / 2, cx + w * sx / 2, cy + h * sy / 2), d.score)
 
 
 # The short-range model sometimes sees a "face" the size of the frame in blurred or plain
@@ -290,7 +289,7 @@ class HaarDetector:
         grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
         rects = self._cascade.detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5,
                                                minSize=(self.min_size, self.min_size))
-        return [Detection((float(x), float(y), float(x + w), float(y + h)), 1.0, self.name)
+        return [Detection((float(x), float(y), float(x + w), float(y + h)), 1.0)
                 for x, y, w, h in (rects if len(rects) else [])]
 
 
@@ -302,7 +301,7 @@ def _area(d: Detection) -> float:
 def _clip(d: Detection, w: int, h: int) -> Detection:
     x0, y0, x1, y1 = d.box
     return Detection((min(max(x0, 0.0), w), min(max(y0, 0.0), h), min(max(x1, 0.0), w),
-                      min(max(y1, 0.0), h)), d.score, d.source)
+                      min(max(y1, 0.0), h)), d.score)
 
 
 DETECTORS = ("blazeface", "blazeface-short", "blazeface-full", "blazeface-short-full",
