@@ -13,7 +13,7 @@ from tests.conftest import ROOT, LiveServer, free_port
 from tests.test_server import Camera, answer
 
 
-def stream(url, image, frames, name="door", **connect):
+def stream(url, image, frames, name="door"):
     cam = Camera(url, name)
     for i in range(frames):
         kind, _ = answer(cam, {"seq": i, "image": image, "camera": name})
