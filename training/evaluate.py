@@ -198,10 +198,10 @@ def main(argv: list[str] | None = None) -> int:
         result["detectors"] = rows
         _write_json(args.json, result)
         return 0
-    classifier = MaskClassifier(settings.model_dir, settings.classifier_threads)
+    pipeline = build_pipeline(settings) if args.images else None
+    classifier = pipeline.classifier if pipeline else MaskClassifier(settings.model_dir, settings.classifier_threads)
     result["model"] = str(classifier.model_path)
-    if args.images:
-        pipeline = build_pipeline(settings)
+    if pipeline:
         result["detector"] = settings.detector
         result.update(end_to_end(samples, pipeline))
         print(format_end_to_end(result))
