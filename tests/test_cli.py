@@ -37,8 +37,9 @@ def test_detect_json_lines_follow_the_contract(data_dir, tmp_path):
         assert set(line) == {"image", "width", "height", "faces", "ms"}
         assert set(line["ms"]) == {"decode", "detect", "classify", "total"}
         for face in line["faces"]:
-            assert set(face) == {"box", "label", "score"}
+            assert list(face) == ["box", "label", "score", "det_score"]
             assert face["label"] in LABELS and 0 <= face["score"] <= 1
+            assert isinstance(face["det_score"], float) and 0 <= face["det_score"] <= 1
             x0, y0, x1, y1 = face["box"]
             assert 0 <= x0 < x1 <= line["width"] and 0 <= y0 < y1 <= line["height"]
     assert sum(len(ln["faces"]) for ln in good) >= 5

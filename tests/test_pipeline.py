@@ -13,7 +13,9 @@ from webapp.config import Settings
 from webapp.vision.labels import LABELS
 from webapp.vision.pipeline import (
     FILE_FORMATS,
+    Face,
     FrameError,
+    FrameResult,
     NotAnImage,
     TooLarge,
     build_pipeline,
@@ -54,6 +56,10 @@ def test_real_images_end_to_end(pipeline, data_dir):
             x0, y0, x1, y1 = face.box
             assert 0 <= x0 < x1 <= result.width and 0 <= y0 < y1 <= result.height
             assert face.label in LABELS and 0 <= face.score <= 1
+            assert 0 < face.detector_score <= 1
+        for face, out in zip(result.faces, result.to_dict()["faces"]):
+            assert list(out) == ["box", "label", "score", "det_score"]
+            assert out["det_score"] == round(face.detector_score, 4)
         assert set(result.ms) == {"decode", "detect", "classify", "total"}
         assert result.ms["total"] >= result.ms["detect"]
         found += len(result.faces)
@@ -112,3 +118,12 @@ def test_formats_are_checked_by_content():
         check_image_bytes(webp.tobytes())  # frames are JPEG or PNG only
     assert decode_image(webp.tobytes(), formats=FILE_FORMATS).shape == (40, 40, 3)
     assert check_image_bytes(_jpeg(img))[0] == "JPEG"
+
+
+def test_to_dict_carries_the_detector_confidence():
+    """score and det_score are both public, so outside tools can rank by score x det_score (AP)."""
+    result = FrameResult(64, 48, [Face((1.04, 2.0, 30.0, 40.26), "with_mask", 0.912345, 0.876543)],
+                         {"total": 1.234})
+    assert result.to_dict()["faces"] == [
+        {"box": [1.0, 2.0, 30.0, 40.3], "label": "with_mask", "score": 0.9123, "det_score": 0.8765}]
+    assert list(result.to_dict()["faces"][0]) == ["box", "label", "score", "det_score"]

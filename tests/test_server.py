@@ -52,8 +52,9 @@ def check_detections(msg, seq, width, height):
     assert msg["seq"] == seq and (msg["width"], msg["height"]) == (width, height)
     assert set(msg["ms"]) == {"decode", "detect", "classify", "total"}
     for face in msg["faces"]:
-        assert set(face) == {"box", "label", "score", "track"}
+        assert list(face) == ["box", "label", "score", "det_score", "track"]
         assert face["label"] in LABELS and 0 <= face["score"] <= 1
+        assert isinstance(face["det_score"], float) and 0 <= face["det_score"] <= 1
         x0, y0, x1, y1 = face["box"]
         assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
 

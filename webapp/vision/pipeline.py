@@ -73,10 +73,15 @@ class FrameResult:
     ms: dict[str, float] = field(default_factory=dict)  # decode, detect, classify, total
 
     def to_dict(self) -> dict:
-        """The JSON shape of the contract (boxes rounded to 0.1 px, scores to 4 digits)."""
+        """The JSON shape of the contract (boxes rounded to 0.1 px, scores to 4 digits).
+
+        ``score`` is the classifier's probability of ``label``, ``det_score`` the face detector's
+        confidence; AP ranks detections by ``score * det_score`` (``training.evaluate``).
+        """
         return {
             "width": self.width, "height": self.height,
-            "faces": [{"box": [round(v, 1) for v in f.box], "label": f.label, "score": round(f.score, 4)}
+            "faces": [{"box": [round(v, 1) for v in f.box], "label": f.label, "score": round(f.score, 4),
+                       "det_score": round(f.detector_score, 4)}
                       for f in self.faces],
             "ms": {k: round(v, 2) for k, v in self.ms.items()},
         }
