@@ -1,7 +1,8 @@
-"""Per-frame latency of the served pipeline on 640x480 frames with 1, 3 and 8 faces.
+"""Per-frame latency of the served pipeline on 640x480 frames with 1, 3 and 8 faces (and 1280x720).
 
-    MASKWATCH_DATA=... python bench/pipeline.py [--frames 20] [--repeats 5]
+    MASKWATCH_DATA=... python bench/pipeline.py [--detectors trained blazeface] [--frames 20] [--repeats 5]
 
+Every detector named runs in the same run, so rows compare (the machine is shared and noisy).
 In the same run, a seed-style baseline: OpenCV's Haar cascade and Keras ``model.predict`` on
 224 px crops of a MobileNetV2 (α 1.0) classifier - the approach of the project maskwatch
 replaced. The baseline's classifier head is untrained: it stands in for timing only.
@@ -11,6 +12,7 @@ Prints median and p95 of decode / detect / classify / total, and the speed-up.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -23,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.frames import compose_frames  # noqa: E402
 from webapp.config import Settings  # noqa: E402
 from webapp.vision.crop import crop_faces  # noqa: E402
-from webapp.vision.detector import HaarDetector  # noqa: E402
+from webapp.vision.detector import DETECTORS, HaarDetector  # noqa: E402
 from webapp.vision.pipeline import build_pipeline, decode_image  # noqa: E402
 
 STAGES = ("decode", "detect", "classify", "total")
@@ -65,8 +67,12 @@ def measure(run, frames: list[bytes], repeats: int) -> dict[str, tuple[float, fl
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--detectors", nargs="+", default=["trained", "blazeface"], choices=DETECTORS)
     p.add_argument("--frames", type=int, default=20, help="distinct frames per face count")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--faces", type=int, nargs="+", default=[1, 3, 8])
+    p.add_argument("--hd", action=argparse.BooleanOptionalAction, default=True,
+                   help="also 1280x720 frames with 3 faces")
     p.add_argument("--no-baseline", action="store_true")
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -76,43 +82,44 @@ def main(argv: list[str] | None = None) -> int:
     # The server runs one pipeline per core, each detector on one thread; a still image
     # (maskwatch detect) gets one pipeline with every core.
     workers = settings.workers or os.cpu_count() or 1
-    served_pipeline = build_pipeline(settings, sharing=workers)
-    pipeline = build_pipeline(settings)
     every = max(settings.tile_every, 1)
-    served = f"maskwatch live (tiles on every {every}. frame, 1 of {workers} workers, as the server runs)"
+    configs = {}
+    for name in args.detectors:
+        det = dataclasses.replace(settings, detector=name)
+        served_pipeline = build_pipeline(det, sharing=workers)
+        pipeline = build_pipeline(det)
 
-    def scheduled(counter=iter(range(1 << 62))):
-        return lambda d: served_pipeline.process(d, tiles=next(counter) % every == 0).ms
-    configs = {
-        served: scheduled(),
-        f"maskwatch ({settings.detector}, tiles every frame: still images, CLI)": lambda d: pipeline.process(d).ms,
-        f"maskwatch ({settings.detector}, without tiles, one worker's share)":
-            lambda d: served_pipeline.process(d, tiles=False).ms,
-    }
+        def scheduled(served_pipeline=served_pipeline, counter=iter(range(1 << 62))):
+            return lambda d: served_pipeline.process(d, tiles=next(counter) % every == 0).ms
+        configs[f"{name}: live as served (thorough pass every {every}. frame, 1 of {workers} workers)"] = scheduled()
+        configs[f"{name}: cheap pass only (1 thread)"] = (
+            lambda d, served_pipeline=served_pipeline: served_pipeline.process(d, tiles=False).ms)
+        configs[f"{name}: still images (thorough pass, every core)"] = (
+            lambda d, pipeline=pipeline: pipeline.process(d).ms)
+    base = "seed-style (Haar + Keras predict 224 px)"
     if not args.no_baseline:
         import keras
-        configs["seed-style (Haar + Keras predict 224 px)"] = seed_style(keras)
+        configs[base] = seed_style(keras)
 
+    sizes = [((640, 480), n) for n in args.faces] + ([((1280, 720), 3)] if args.hd else [])
     results = {}
-    for n in (1, 3, 8):
-        frames = compose_frames(settings.data_dir, n, args.frames)
+    for size, n in sizes:
+        frames = compose_frames(settings.data_dir, n, args.frames, size=size)
         for name, run in configs.items():
-            results[(name, n)] = measure(run, frames, args.repeats if "seed" not in name else 1)
+            results[(name, size, n)] = measure(run, frames, args.repeats if name != base else 1)
 
-    print(f"640x480 JPEG frames, {args.frames} per face count; ms median / p95; {os.cpu_count()} cores")
-    print("| pipeline | faces | " + " | ".join(STAGES) + " |")
-    print("|---|---|" + "---|" * len(STAGES))
-    for (name, n), r in results.items():
-        print(f"| {name} | {n} | " + " | ".join(f"{r[s][0]:.1f} / {r[s][1]:.1f}" for s in STAGES) + " |")
-    if not args.no_baseline:
-        base = "seed-style (Haar + Keras predict 224 px)"
+    print(f"JPEG frames, {args.frames} per face count; ms median / p95; {os.cpu_count()} cores")
+    print("| pipeline | frame | faces | " + " | ".join(STAGES) + " |")
+    print("|---|---|---|" + "---|" * len(STAGES))
+    for (name, size, n), r in results.items():
+        print(f"| {name} | {size[0]}x{size[1]} | {n} | "
+              + " | ".join(f"{r[s][0]:.1f} / {r[s][1]:.1f}" for s in STAGES) + " |")
+    vga = (640, 480)
+    if not args.no_baseline and 3 in args.faces:
         for name in configs:
             if name != base:
-                ratio = results[(base, 3)]["total"][0] / results[(name, 3)]["total"][0]
-                print(f"3 faces: {name} is {ratio:.1f}x faster than the seed-style baseline (median total)")
-    for (name, n), r in results.items():
-        if name == served and n == 3:
-            print(f"3 faces, as served: median {r['total'][0]:.1f} ms per frame (budget 25 ms)")
+                ratio = results[(base, vga, 3)]["total"][0] / results[(name, vga, 3)]["total"][0]
+                print(f"640x480, 3 faces: {name} is {ratio:.1f}x faster than the seed-style baseline (median total)")
     return 0
 
 

@@ -13,6 +13,10 @@ from webapp.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Set before any test module imports TensorFlow (collection imports training.train): the
+# detector's training step crashes in TensorFlow's oneDNN kernels (see training/train_detector.py).
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
 
 @pytest.fixture(scope="session")
 def settings() -> Settings:

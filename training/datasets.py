@@ -10,6 +10,7 @@ skipped and counted in one warning per folder.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import logging
 import re
@@ -226,7 +227,19 @@ def _maskon_group(stem: str) -> str:
     return stem.split("_", 1)[0]
 
 
-_GROUP_BY = {MASKON: _maskon_group}
+def _kaggle_groups(root: Path) -> Callable[[str], str]:
+    """Images listed together in ``near_duplicates.csv`` (the same picture twice) share a group."""
+    pairs: dict[str, str] = {}
+    listing = root / "near_duplicates.csv"
+    if listing.is_file():
+        with open(listing, newline="") as fh:
+            for row in csv.DictReader(fh):
+                a, b = sorted((row["image_a"], row["image_b"]))
+                pairs[b] = pairs.get(a, a)
+    return lambda stem: pairs.get(stem, stem)
+
+
+_GROUP_BY = {MASKON: lambda root: _maskon_group, KAGGLE: _kaggle_groups}
 
 
 def read_voc_folder(images_dir: Path, annotations_dir: Path,
@@ -234,8 +247,8 @@ def read_voc_folder(images_dir: Path, annotations_dir: Path,
     """A VOC dataset named after the folder holding ``images/`` (kaggle-facemask/images ->
     "kaggle-facemask"), grouped as that dataset is, so splits match the training split."""
     source = Path(images_dir).resolve().parent.name
-    return read_voc(Path(images_dir), Path(annotations_dir), source,
-                    group_of=_GROUP_BY.get(source, lambda stem: stem), label_map=label_map)
+    group_of = _GROUP_BY[source](Path(images_dir).resolve().parent) if source in _GROUP_BY else (lambda stem: stem)
+    return read_voc(Path(images_dir), Path(annotations_dir), source, group_of=group_of, label_map=label_map)
 
 
 def load_dataset(name: str, data_dir: Path) -> list[Sample]:

@@ -120,6 +120,8 @@ def detector_recall(truths: Sequence[Sequence[Truth]], boxes: Sequence[Sequence[
         "recall_min32": {lab: ratio([(lab, ">=32px")]) for lab in LABELS},
         "recall_by_size": {lab: {b: ratio([(lab, b)]) for b in buckets} for lab in LABELS},
         "support_by_size": {lab: {b: total[(lab, b)] for b in buckets} for lab in LABELS},
+        "recall_by_size_all": {b: ratio([(lab, b) for lab in LABELS]) for b in buckets},
         "recall_all": ratio(list(total)),
         "precision": None if n_det == 0 else hits / n_det,
+        "detections_per_image": n_det / max(len(boxes), 1),
     }

@@ -106,12 +106,12 @@ def end_to_end(samples: Sequence[Sample], pipeline: Pipeline) -> dict[str, Any]:
     }
 
 
-def compare_detectors(samples: Sequence[Sample], names: Sequence[str]) -> list[dict[str, Any]]:
+def compare_detectors(samples: Sequence[Sample], names: Sequence[str], model_dir: Path) -> list[dict[str, Any]]:
     """Recall per class and size, precision and time of each detector on the same images."""
     images = [(s, _rgb(s)) for s in tqdm(samples, desc="decode", unit="img")]
     rows = []
     for name in names:
-        detector = create_detector(name)
+        detector = create_detector(name, model_dir=model_dir)
         boxes, times = [], []
         for _, image in tqdm(images, desc=name, unit="img", leave=False):
             t = time.perf_counter()
@@ -143,6 +143,23 @@ def format_detector_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def format_pipeline_table(rows: Sequence[dict[str, Any]]) -> str:
+    """One row per detector of the served pipeline: the README's and model card's comparison table."""
+    def f(v, digits=3):
+        return "–" if v is None else f"{v:.{digits}f}"
+    lines = ["| detector | mAP@0.5 all | mAP@0.5 >= 32 px | AP mask_incorrect | recall >= 32 px with / incorrect / "
+             "without | recall 16-31 px | recall < 16 px | precision | ms / image |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        rec, size = r["recall_min32"], r["recall_by_size_all"]
+        lines.append(f"| {r['detector']} | {f(r['map50'])} | {f(r['map50_min32'])} | "
+                     f"{f(r['ap50']['mask_incorrect'])} | "
+                     + " / ".join(f(rec[k]) for k in LABELS)
+                     + f" | {f(size['16-31px'])} | {f(size['<16px'])} | {f(r['precision'])} | "
+                     f"{f(r['ms_per_image_median'], 1)} |")
+    return "\n".join(lines)
+
+
 def format_end_to_end(r: dict[str, Any]) -> str:
     def f(v):
         return "–" if v is None else f"{v:.3f}"
@@ -152,7 +169,8 @@ def format_end_to_end(r: dict[str, Any]) -> str:
     for lab in LABELS:
         lines.append(f"  {lab:16s} {f(r['ap50'][lab]):>6s} {f(r['ap50_min32'][lab]):>9s} "
                      f"{f(r['recall'][lab]):>7s} {f(r['recall_min32'][lab]):>10s}")
-    lines.append(f"  detector precision (IoU >= 0.4 with a true face): {f(r['precision'])}")
+    lines.append(f"  detector precision (IoU >= 0.4 with a true face): {f(r['precision'])}, "
+                 f"{r['detections_per_image']:.2f} detections per image")
     return "\n".join(lines)
 
 
@@ -168,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="only this side of training's split (same --seed/--val-fraction as training)")
     p.add_argument("--seed", type=int, default=1234, help="split seed (with --split)")
     p.add_argument("--val-fraction", type=float, default=0.25, help="(with --split)")
-    p.add_argument("--detector", choices=DETECTORS, help="detector for the end-to-end run (default: settings)")
+    p.add_argument("--detector", nargs="+", choices=DETECTORS,
+                   help="detector for the end-to-end run (default: settings); several give one comparison table")
     p.add_argument("--compare-detectors", nargs="*", choices=DETECTORS, metavar="NAME",
                    help="detector-only table for these detectors (default: all)")
     p.add_argument("--json", type=Path, help="write the results as JSON here")
@@ -179,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     for folder in filter(None, (args.crops, args.images, args.annotations)):
         if not folder.is_dir():
             p.error(f"not a folder: {folder}")
-    settings = Settings.load({"model_dir": args.model, "detector": args.detector})
+    detectors = args.detector or [None]
+    settings = Settings.load({"model_dir": args.model, "detector": detectors[0]})
 
     if args.crops:
         samples = read_class_folders(args.crops, args.crops.resolve().name, args.label_map)
@@ -193,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     result: dict[str, Any] = {}
     if args.compare_detectors is not None:
-        rows = compare_detectors(samples, args.compare_detectors or DETECTORS)
+        rows = compare_detectors(samples, args.compare_detectors or DETECTORS, settings.model_dir)
         print(format_detector_table(rows))
         result["detectors"] = rows
         _write_json(args.json, result)
@@ -202,9 +222,18 @@ def main(argv: list[str] | None = None) -> int:
     classifier = pipeline.classifier if pipeline else MaskClassifier(settings.model_dir, settings.classifier_threads)
     result["model"] = str(classifier.model_path)
     if pipeline:
-        result["detector"] = settings.detector
-        result.update(end_to_end(samples, pipeline))
-        print(format_end_to_end(result))
+        result["command"] = "python -m training.evaluate " + " ".join(sys.argv[1:] if argv is None else argv)
+        result["rows"] = []
+        for name in detectors:
+            if name is not None and name != settings.detector:
+                settings = Settings.load({"model_dir": args.model, "detector": name})
+                pipeline = build_pipeline(settings)
+            row = {"detector": settings.detector, **end_to_end(samples, pipeline)}
+            result["rows"].append(row)
+            print(format_end_to_end(row))
+        result.update(result["rows"][0])
+        if len(result["rows"]) > 1:
+            print(format_pipeline_table(result["rows"]))
     section = classifier_report(samples, classifier)
     print(format_report(section, "classifier on true face boxes"))
     for name, sub in section["by_size"].items():

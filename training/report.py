@@ -211,6 +211,10 @@ def write_model_card(out: Path) -> None:
           "- A hand, scarf or beard over the mouth can be taken for a mask; the data has few such cases.",
           "- Scores are softmax probabilities, not calibrated confidences.",
           ""]
+    from training.detector_report import METRICS_FILE, detector_card_lines
+
+    if (out / METRICS_FILE).exists():
+        L += detector_card_lines(out)
     (out / "MODEL_CARD.md").write_text("\n".join(L))
 
 

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from webapp.config import Settings
+from webapp.vision.detector import DETECTORS
 from webapp.vision.pipeline import FILE_FORMATS, FrameError, FrameResult, build_pipeline, decode_image, sniff_format
 
 log = logging.getLogger("maskwatch")
@@ -157,7 +158,8 @@ def cmd_gen_cert(args: argparse.Namespace, settings: Settings) -> int:
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="maskwatch", description="Face-mask compliance monitor.")
     p.add_argument("--model", type=Path, help="model folder (default: MASKWATCH_MODEL or model/)")
-    p.add_argument("--detector", help="face detector (default: MASKWATCH_DETECTOR or blazeface)")
+    p.add_argument("--detector", choices=DETECTORS,
+                   help="face detector (default: MASKWATCH_DETECTOR or trained, the one we train)")
     p.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("detect", help="run the served pipeline on image files or folders")

@@ -37,15 +37,18 @@ class Settings:
     # TFLite interpreter threads for the classifier (measured in bench/classifier.py).
     classifier_threads: int = 1
     # Face detector by name (webapp/vision/detector.py DETECTORS) and its interpreter threads
-    # (0 = the CPU cores shared among the pipelines that run side by side).
-    detector: str = "blazeface"
+    # (0 = the CPU cores shared among the pipelines that run side by side). "trained" is ours
+    # (model/face_detector.tflite, see model/MODEL_CARD.md); "blazeface" the earlier ensemble.
+    detector: str = "trained"
     detector_threads: int = 0
     # Largest encoded image accepted from files (maskwatch detect), in bytes.
     max_image_bytes: int = 8 * 1024 * 1024
     # Largest camera frame accepted over Socket.IO; the Socket.IO message limit is set above it,
     # so an oversized frame gets a clear ``too_large`` error instead of a dropped connection.
     max_frame_bytes: int = 2 * 1024 * 1024
-    # Run the (costly) far-face tile pass of the detector on every n-th frame of a camera.
+    # Run the detector's thorough pass (trained: full resolution + close-up pass; blazeface: far-face
+    # tiles) on every n-th frame of a camera, its cheap pass on the others; still images always
+    # get the thorough pass.
     tile_every: int = 3
     # Inference worker threads, each with its own interpreters (0 = one per CPU core).
     workers: int = 0

@@ -269,7 +269,7 @@ class BlazeFaceEnsemble:
             for region in tile_regions(w, h, self.tiles, self.tiles, overlap=0.25):
                 found += [d for d in self.full.detect(image, region) if d.score >= self.tile_threshold]
         merged = [_adjust(d, self.box_adjust) for d in weighted_nms(found, self.nms_iou)]
-        return [_clip(d, w, h) for d in merged if _area(d) > 0]
+        return [clip_detection(d, w, h) for d in merged if _area(d) > 0]
 
 
 class HaarDetector:
@@ -298,18 +298,25 @@ def _area(d: Detection) -> float:
     return max(0.0, x1 - x0) * max(0.0, y1 - y0)
 
 
-def _clip(d: Detection, w: int, h: int) -> Detection:
+def clip_detection(d: Detection, w: int, h: int) -> Detection:
+    """The detection's box cut to the image."""
     x0, y0, x1, y1 = d.box
     return Detection((min(max(x0, 0.0), w), min(max(y0, 0.0), h), min(max(x1, 0.0), w),
                       min(max(y1, 0.0), h)), d.score)
 
 
-DETECTORS = ("blazeface", "blazeface-short", "blazeface-full", "blazeface-short-full",
+DETECTORS = ("trained", "blazeface", "blazeface-short", "blazeface-full", "blazeface-short-full",
              "blazeface-tiles", "haar")
 
 
-def create_detector(name: str = "blazeface", threads: int = 1) -> FaceDetector:
-    """Build a detector by its settings name (see ``DETECTORS``)."""
+def create_detector(name: str = "blazeface", threads: int = 1, model_dir: Path | None = None) -> FaceDetector:
+    """Build a detector by its settings name (see ``DETECTORS``); ``trained`` reads ``model_dir``."""
+    if name == "trained":
+        from webapp.vision.trained_detector import TrainedDetector
+
+        if model_dir is None:
+            raise ValueError("the trained detector needs the model folder")
+        return TrainedDetector(model_dir, threads)
     if name == "blazeface":
         return BlazeFaceEnsemble(name, short=True, full=True, tiles=2, threads=threads)
     if name == "blazeface-short":

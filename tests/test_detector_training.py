@@ -1,0 +1,89 @@
+"""The trained face detector's training side: the BlazeFace rebuild, the crops and targets, a tiny run."""
+
+import json
+
+import numpy as np
+import pytest
+
+from training.detector_data import CropSampler, Scene, grid_targets
+from webapp.vision.trained_detector import DETECTOR_CONTRACT, DETECTOR_FILE, TrainedDetector
+
+
+def test_rebuilt_blazeface_matches_litert():
+    from training.blazeface_keras import FULL_RANGE_FILE, build_from_tflite, check_against_litert
+    from webapp.vision.detector import blazeface_model_dir
+
+    source = blazeface_model_dir() / FULL_RANGE_FILE
+    model = build_from_tflite(source)
+    assert check_against_litert(model, source) < 1e-4
+    out = model(np.zeros((1, 96, 160, 3), np.float32))  # any size divisible by 32: a stride-4 grid
+    assert tuple(out["score"].shape) == (1, 24, 40, 1) and tuple(out["box"].shape) == (1, 24, 40, 4)
+
+
+def test_targets_mark_the_centre_positive_the_rest_of_the_face_ignored():
+    score, box, weight = grid_targets(np.array([[40, 40, 80, 80]], np.float32), 128, 4)
+    assert score.shape == (32, 32)
+    ys, xs = np.nonzero(score == 1)
+    centres = np.stack([(xs + 0.5) * 4, (ys + 0.5) * 4], 1)
+    assert np.all(np.hypot(centres[:, 0] - 60, centres[:, 1] - 60) <= 10.0)  # 0.25 x 40 px
+    assert score[12, 12] == -1 and score[0, 0] == 0  # inside the box off centre / background
+    y, x = ys[0], xs[0]
+    assert box[y, x, 0] == pytest.approx(60 - (x + 0.5) * 4) and box[y, x, 2:].tolist() == [40, 40]
+    assert weight[y, x] == pytest.approx(1 / 40)
+
+
+@pytest.mark.parametrize("face, why", [
+    ((10, 10, 13, 13), "too small to see"),
+    ((-30, 10, 10, 50), "mostly outside the crop"),
+])
+def test_faces_that_cannot_be_learnt_are_ignored_not_negative(face, why):
+    score, _, _ = grid_targets(np.array([face], np.float32), 64, 4)
+    assert not (score == 1).any(), why
+
+
+def test_every_face_of_any_size_gets_a_positive_cell():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        side = rng.uniform(4, 200)
+        x0, y0 = rng.uniform(0, 320 - side, 2)
+        score, _, _ = grid_targets(np.array([[x0, y0, x0 + side, y0 + side]], np.float32), 320, 4)
+        assert (score == 1).any()
+
+
+def test_crops_keep_boxes_on_the_faces():
+    """A synthetic scene: a bright square 'face' on black; after scaling, mosaic and pasting
+    every box still surrounds bright pixels."""
+    image = np.zeros((200, 300, 3), np.uint8)
+    image[50:90, 100:140] = 255
+    scene = Scene(image, np.array([[100, 50, 140, 90]], np.float32), "synthetic")
+    sampler = CropSampler([scene], [scene], crop=128, serve_side=300, paste_prob=1.0)
+    for seed in range(20):
+        crop, boxes = sampler.sample(np.random.default_rng(seed))
+        assert crop.shape == (128, 128, 3) and crop.dtype == np.uint8
+        for x0, y0, x1, y1 in boxes:
+            cx, cy = int((x0 + x1) / 2), int((y0 + y1) / 2)
+            if 0 <= cx < 128 and 0 <= cy < 128:
+                assert crop[cy, cx].mean() > 100  # photometric changes keep it far from black
+
+
+@pytest.mark.slow
+def test_tiny_detector_training_run_exports_resumes_and_serves(data_dir, tmp_path):
+    from training import train_detector
+
+    out, work = tmp_path / "model", tmp_path / "work"
+    common = ["--data", str(data_dir), "--out", str(out), "--work", str(work), "--limit-images", "8",
+              "--batch-size", "2", "--crop", "128", "--checkpoint-every", "2"]
+    assert train_detector.main(common + ["--steps", "2"]) == 0
+    assert train_detector.main(common + ["--steps", "4", "--resume"]) == 0
+    log = (work / "train_log.csv").read_text().splitlines()
+    assert log[0].startswith("step,") and log[-1].startswith("4,")
+    for name in (DETECTOR_FILE, DETECTOR_CONTRACT, "detector_metrics.json", "detector_curves.png", "MODEL_CARD.md"):
+        assert (out / name).stat().st_size > 0, name
+    metrics = json.loads((out / "detector_metrics.json").read_text())
+    assert metrics["run"]["steps"] == 4 and metrics["tuning"]["curve"]
+    detector = TrainedDetector(out)
+    assert detector.threshold == metrics["tuning"]["threshold"]
+    for tiles in (True, False):
+        found = detector.detect(np.zeros((240, 320, 3), np.uint8), tiles=tiles)
+        assert all(0 <= d.score <= 1 for d in found)
+    assert "python -m training.train_detector" in (out / "MODEL_CARD.md").read_text()

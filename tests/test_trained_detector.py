@@ -1,0 +1,58 @@
+"""The shipped face detector we trained (webapp/vision/trained_detector.py), on real held-out images."""
+
+import json
+
+import numpy as np
+import pytest
+
+from training.datasets import KAGGLE, load_dataset, read_rgb, split_by_image
+from training.detection_metrics import RECALL_IOU
+from webapp.config import Settings
+from webapp.vision.detector import DetectorUnavailable, create_detector, iou_matrix
+from webapp.vision.trained_detector import DETECTOR_CONTRACT, TrainedDetector
+
+
+@pytest.fixture(scope="module")
+def detector(model_dir):
+    return TrainedDetector(model_dir)
+
+
+def test_it_is_the_default_detector():
+    assert Settings().detector == "trained"
+
+
+def test_contract_matches_the_model(model_dir, detector):
+    contract = json.loads((model_dir / DETECTOR_CONTRACT).read_text())
+    assert 0 < contract["threshold"] < 1 and contract["stride"] == 4 and contract["divisor"] == 32
+    assert contract["live_side"] <= contract["still_side"]
+    assert detector.threshold == contract["threshold"]
+
+
+def test_missing_model_files_are_a_clear_error(tmp_path):
+    with pytest.raises(DetectorUnavailable, match="train_detector"):
+        create_detector("trained", model_dir=tmp_path)
+    with pytest.raises(ValueError, match="model folder"):
+        create_detector("trained")
+
+
+@pytest.mark.parametrize("shape", [(480, 640, 3), (720, 1280, 3), (300, 200, 3), (17, 900, 3)])
+def test_any_frame_shape_and_no_faces_on_a_blank_frame(detector, shape):
+    for tiles in (True, False):
+        assert detector.detect(np.full(shape, 128, np.uint8), tiles=tiles) == []
+
+
+def test_no_box_on_hands_or_bodies_in_maksssksksss2(detector, data_dir):
+    """A validation image (never trained on) where the BlazeFace ensemble boxed a woman's hands
+    holding a phone: every box must be one of the four annotated faces, each found once."""
+    samples = load_dataset(KAGGLE, data_dir)
+    _, val = split_by_image(samples, 0.25, 1234)
+    sample = next(s for s in val if s.path.stem == "maksssksksss2")
+    found = detector.detect(read_rgb(sample.path))
+    truth = np.array([f.box for f in sample.faces], np.float32)
+    boxes = np.array([d.box for d in found], np.float32).reshape(-1, 4)
+    overlap = iou_matrix(boxes, truth)
+    assert len(boxes) == len(truth) == 4
+    assert (overlap.max(1) >= RECALL_IOU).all(), "a box that is not on a face"
+    assert sorted(overlap.argmax(1).tolist()) == [0, 1, 2, 3]
+    hands = (325, 75, 385, 112)  # the right-hand woman's hands and phone, below her face
+    assert not any(b[0] < hands[2] and b[2] > hands[0] and b[1] < hands[3] and b[3] > hands[1] for b in boxes)

@@ -1,0 +1,203 @@
+"""Export the trained face detector, choose its operating threshold, and write its model-card section.
+
+The threshold is chosen on the *tune* images (kaggle-facemask training images held out of the
+detector's training), never on the validation split the README reports: the lowest threshold
+whose precision there reaches ``TARGET_PRECISION`` (detections matched to true faces at IoU >= 0.4,
+the detector-recall rule of ``training/detection_metrics.py``), i.e. the most recall that keeps
+boxes off hands and bodies.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from training.datasets import Sample, read_rgb
+from training.detection_metrics import RECALL_IOU
+from webapp.vision.detector import blazeface_model_dir, iou_matrix
+from webapp.vision.trained_detector import DETECTOR_CONTRACT, DETECTOR_FILE, TrainedDetector
+
+TARGET_PRECISION = 0.93
+THRESHOLDS = np.round(np.arange(0.20, 0.96, 0.05), 2)
+METRICS_FILE = "detector_metrics.json"
+EVAL_FILE = "detector_eval.json"  # written by python -m training.evaluate ... --json model/detector_eval.json
+
+
+def export_detector(model, out: Path, still_side: int = 512, live_side: int = 320) -> None:
+    """Write the fp32 TFLite file (any input size) and its contract with provisional thresholds."""
+    from training.blazeface_keras import DIVISOR, FULL_RANGE_FILE, STRIDE, build_from_tflite
+
+    flexible = build_from_tflite(blazeface_model_dir() / FULL_RANGE_FILE)  # any input size
+    flexible.set_weights(model.get_weights())
+    flexible.export(str(out / DETECTOR_FILE), format="litert", verbose=False)
+    contract = {
+        "file": DETECTOR_FILE,
+        "architecture": "MediaPipe BlazeFace full range (Apache-2.0 weights) fine-tuned on maskwatch data, "
+                        "fully convolutional, box head cut to 4 outputs",
+        "input": "RGB, x / 127.5 - 1, frame scaled to a long side of still_side / live_side / coarse_side px, "
+                 "padded with -1 at the right and bottom to a multiple of divisor",
+        "output": "per stride x stride cell: face logit; box = cell centre + (dx, dy), width, height in input px",
+        "stride": STRIDE, "divisor": DIVISOR,
+        "still_side": still_side, "live_side": live_side, "coarse_side": 192, "coarse_min_face": 64,
+        "threshold": 0.5, "nms_iou": 0.3,
+    }
+    (out / DETECTOR_CONTRACT).write_text(json.dumps(contract, indent=2) + "\n")
+
+
+def _match(truth: np.ndarray, boxes: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """True-positive flag per detection: greedy by score, each true face matched once."""
+    tp = np.zeros(len(boxes), bool)
+    if not len(truth) or not len(boxes):
+        return tp
+    m = iou_matrix(boxes, truth)
+    used = np.zeros(len(truth), bool)
+    for i in np.argsort(-scores):
+        candidates = np.where(~used & (m[i] >= RECALL_IOU))[0]
+        if candidates.size:
+            used[candidates[np.argmax(m[i, candidates])]] = True
+            tp[i] = True
+    return tp
+
+
+def precision_recall(detector: TrainedDetector, samples: Sequence[Sample],
+                     thresholds: Sequence[float] = THRESHOLDS) -> list[dict[str, float]]:
+    """Precision and recall of the served detector (as ``detect`` merges) at each threshold."""
+    lowest = float(min(thresholds))
+    cached = []
+    for sample in tqdm(samples, desc="threshold", unit="img", leave=False):
+        image = read_rgb(sample.path)
+        raw = detector.raw_detections(image, tiles=True, threshold=lowest)
+        truth = np.array([f.box for f in sample.faces], np.float32).reshape(-1, 4)
+        cached.append((raw, truth, image.shape[1], image.shape[0]))
+    rows = []
+    for t in thresholds:
+        tp = n_det = found = n_true = 0
+        for raw, truth, w, h in cached:
+            merged = detector.merge([d for d in raw if d.score >= t], w, h)
+            boxes = np.array([d.box for d in merged], np.float32).reshape(-1, 4)
+            flags = _match(truth, boxes, np.array([d.score for d in merged], np.float32))
+            tp += int(flags.sum())
+            n_det += len(boxes)
+            n_true += len(truth)
+            if len(truth) and len(boxes):
+                found += int((iou_matrix(truth, boxes).max(1) >= RECALL_IOU).sum())
+        rows.append({"threshold": float(t), "precision": tp / n_det if n_det else 1.0,
+                     "recall": found / n_true if n_true else 0.0, "detections": n_det})
+    return rows
+
+
+def choose_threshold(out: Path, tune: Sequence[Sample], threads: int = 2) -> dict[str, Any]:
+    """Set the contract's threshold from the tune images' precision-recall table; return the table."""
+    detector = TrainedDetector(out, threads)
+    curve = precision_recall(detector, tune)
+    ok = [r for r in curve if r["precision"] >= TARGET_PRECISION]
+    chosen = min(ok, key=lambda r: r["threshold"]) if ok else max(curve, key=lambda r: r["precision"])
+    contract = json.loads((out / DETECTOR_CONTRACT).read_text())
+    contract["threshold"] = chosen["threshold"]
+    (out / DETECTOR_CONTRACT).write_text(json.dumps(contract, indent=2) + "\n")
+    return {**chosen, "target_precision": TARGET_PRECISION, "tune_images": len(tune),
+            "tune_faces": sum(len(s.faces) for s in tune), "curve": curve}
+
+
+def write_detector_card(out: Path, run: dict[str, Any], tuning: dict[str, Any], log_path: Path) -> None:
+    """Record the run and plots in ``out``, then re-render MODEL_CARD.md with the detector section."""
+    (out / METRICS_FILE).write_text(json.dumps({"run": run, "tuning": tuning}, indent=2) + "\n")
+    _plots(out, tuning["curve"], log_path)
+    from training.report import write_model_card
+
+    if (out / "metrics.json").exists():
+        write_model_card(out)
+    else:
+        (out / "MODEL_CARD.md").write_text("\n".join(detector_card_lines(out)) + "\n")
+
+
+def _plots(out: Path, curve: list[dict[str, float]], log_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(log_path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    steps = [int(r["step"]) for r in rows]
+    for key, label in (("score_loss", "score (focal)"), ("box_loss", "box (L1 / face size)")):
+        values = np.array([float(r[key]) for r in rows])
+        smooth = np.convolve(values, np.ones(10) / 10, mode="same") if len(values) >= 10 else values
+        a.plot(steps, smooth, label=label)
+    a.set_xlabel("step")
+    a.set_ylabel("training loss (10-point mean)")
+    a.legend()
+    a.set_title("detector training")
+    b.plot([r["recall"] for r in curve], [r["precision"] for r in curve], marker="o")
+    for r in curve[::3]:
+        b.annotate(f"{r['threshold']:.2f}", (r["recall"], r["precision"]), fontsize=7)
+    b.set_xlabel("recall (IoU ≥ 0.4)")
+    b.set_ylabel("precision")
+    b.set_title("tune images: precision-recall by threshold")
+    b.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "detector_curves.png", dpi=110)
+    plt.close(fig)
+
+
+def detector_card_lines(out: Path) -> list[str]:
+    """The face-detector section of MODEL_CARD.md, from detector_metrics.json (+ detector_eval.json)."""
+    m = json.loads((out / METRICS_FILE).read_text())
+    run, tuning = m["run"], m["tuning"]
+    contract = json.loads((out / DETECTOR_CONTRACT).read_text())
+    L = ["# Model card: maskwatch face detector", "",
+         "_Generated by `python -m training.train_detector` (and `python -m training.report`) from "
+         f"`{METRICS_FILE}`, `{DETECTOR_CONTRACT}` and `{EVAL_FILE}`; do not edit by hand._", "",
+         "## What it does",
+         f"Finds faces, masked or not, in a whole frame: `{DETECTOR_FILE}` (fp32, any input size) run by "
+         "LiteRT in `webapp/vision/trained_detector.py` (`--detector trained`). " + contract["architecture"] + ".",
+         f"- Input: {contract['input']}; still images use {contract['still_side']} px plus a coarse "
+         f"{contract['coarse_side']} px pass for faces ≥ {contract['coarse_min_face']} px there (close-ups), "
+         f"the cheap pass of live video {contract['live_side']} px.",
+         f"- Output: {contract['output']}; cells above threshold {contract['threshold']} are merged by "
+         f"weighted NMS (IoU {contract['nms_iou']}).",
+         "", "## How it was made",
+         f"- Command: `{run['command']}`; seed {run['seed']}; {run['steps']} steps of {run['batch_size']} "
+         f"random {run['crop']}×{run['crop']} crops; Adam, lr {run['lr']} with cosine decay; every layer trainable.",
+         f"- Start: the Keras rebuild of `face_detection_full_range.tflite` (agrees with LiteRT to "
+         f"{run['rebuild_max_abs_diff']:.1e} at 192×192).",
+         "- Loss: focal loss (α 0.25, γ 2) on each cell's face score, cells inside a face but off its centre "
+         "ignored; L1 on the box divided by the face side; positives = cells within max(3 px, 0.25 × face side) "
+         "of the face centre; faces < 4 px or < 60 % inside the crop are ignored, not negatives.",
+         f"- Data: kaggle-facemask *fit* images ({run['fit_images']} images, {run['fit_faces']} faces) scaled by "
+         f"0.25–2× around the serving scale ({run['serve_side']} px long side), two scenes per crop in 60 % of "
+         f"crops (mosaic), and in {run['paste_prob']:.0%} of crops 1–3 maskedfacenet-maskon training close-ups "
+         f"({run['closeup_images']} images) pasted at 12–240 px; flips, brightness/contrast, colour cast, grey, "
+         "blur, JPEG re-encoding. maskedfacenet-imfd-extra is not used: its boxes cover the whole head "
+         "(from segmentations), not the face box the annotators drew; chandrikadeb7 has no boxes.",
+         f"- Which data chose what: training used the fit images only; the operating threshold was chosen on the "
+         f"{tuning['tune_images']} tune images ({tuning['tune_faces']} faces; kaggle-facemask training split, held "
+         "out of detector training) as the lowest threshold with precision ≥ "
+         f"{tuning['target_precision']}; the validation split is used only for the results below.",
+         f"- Versions: TensorFlow {run['tensorflow']}, Keras {run['keras']}. Training took "
+         f"{run['train_seconds'] / 60:.0f} min on the 2-core CPU ({run['total_seconds'] / 60:.0f} min with "
+         "loading, export and threshold).",
+         "", "## Operating threshold (tune images)", "",
+         "| threshold | precision | recall | detections |", "|---|---|---|---|"]
+    for r in tuning["curve"]:
+        mark = " ← chosen" if r["threshold"] == contract["threshold"] else ""
+        L.append(f"| {r['threshold']:.2f}{mark} | {r['precision']:.3f} | {r['recall']:.3f} | {r['detections']} |")
+    L += ["", "![training loss and precision-recall curve](detector_curves.png)", ""]
+    eval_path = out / EVAL_FILE
+    if eval_path.exists():
+        L += _evaluation_lines(json.loads(eval_path.read_text()))
+    return L
+
+
+def _evaluation_lines(ev: dict[str, Any]) -> list[str]:
+    """The validation comparison table written by ``training.evaluate --detector A B ... --json``."""
+    from training.evaluate import format_pipeline_table
+
+    return ["## Validation results (kaggle-facemask validation split, served pipeline)", "",
+            f"`{ev['command']}`", "", format_pipeline_table(ev["rows"]), ""]

@@ -1,0 +1,210 @@
+"""Fine-tune MediaPipe's full-range BlazeFace on our data and write the served face detector.
+
+Reads top to bottom like a Keras example: data, model, loss, training loop (checkpoints,
+``--resume``), export to TFLite, operating threshold, report. Usage::
+
+    python -m training.train_detector                     # the shipped detector (model/)
+    python -m training.train_detector --steps 40 --out runs/tiny   # a smoke run
+    python -m training.train_detector --resume            # continue an interrupted run
+
+Which data chose what: the model trains on the kaggle-facemask *fit* images (the classifier's
+training split minus a tune split) plus maskedfacenet-maskon training close-ups pasted into
+scenes. The operating threshold is chosen on the *tune* images (never trained on). The
+validation split (``python -m training.evaluate --split val``) is used for reporting only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from training.datasets import KAGGLE, MASKON, load_dataset, split_by_image
+from training.detector_data import CropSampler, load_scenes, training_batch
+
+log = logging.getLogger("training.train_detector")
+
+SPLIT_SEED = 1234       # the classifier's split: validation images stay out of both models
+VAL_FRACTION = 0.25
+TUNE_FRACTION = 0.15    # of the training images, for the operating threshold
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from webapp.config import Settings
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, help="datasets folder (default: MASKWATCH_DATA)")
+    p.add_argument("--out", type=Path, default=Settings().model_dir, help="output folder (default: model/)")
+    p.add_argument("--work", type=Path, default=Path("runs/detector"),
+                   help="checkpoints, training log and curves (kept for --resume)")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--crop", type=int, default=320, help="training crop side in pixels")
+    p.add_argument("--serve-side", type=int, default=512,
+                   help="long side of the detector input for still images; crops are scaled around it")
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--paste-prob", type=float, default=0.5, help="chance of pasting close-ups into a crop")
+    p.add_argument("--checkpoint-every", type=int, default=200)
+    p.add_argument("--limit-images", type=int, help="use only this many images per dataset (smoke tests)")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --work")
+    p.add_argument("--seed", type=int, default=1234)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # TensorFlow 2.21's oneDNN kernels crash (SIGSEGV) in graph mode on this model's training
+    # step on our CPUs; the plain kernels are as fast here (measured: ~1 s per batch of 8).
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    import keras
+    import tensorflow as tf
+    from tqdm import tqdm
+
+    from training.blazeface_keras import DIVISOR, FULL_RANGE_FILE, STRIDE, build_from_tflite, check_against_litert
+    from webapp.config import Settings
+    from webapp.vision.detector import blazeface_model_dir
+
+    started = time.time()
+    keras.utils.set_random_seed(args.seed)
+    data_dir = Settings.load({"data_dir": args.data}).data_dir
+    if args.crop % DIVISOR:
+        raise SystemExit(f"--crop must be a multiple of {DIVISOR}")
+
+    # --- Data: the split is by source image; near-duplicates share a group -------------------
+    fit, tune, closeups = detector_splits(data_dir, args.limit_images)
+    log.info("kaggle fit %d images (%d faces), tune %d images; close-ups %d",
+             len(fit), sum(len(s.faces) for s in fit), len(tune), len(closeups))
+    sampler = CropSampler(load_scenes(fit, desc="kaggle fit"), load_scenes(closeups, 512, desc="close-ups"),
+                          crop=args.crop, serve_side=args.serve_side, paste_prob=args.paste_prob)
+
+    # --- Model: BlazeFace full range with its own weights, every layer trainable ------------
+    source = blazeface_model_dir() / FULL_RANGE_FILE
+    model = build_from_tflite(source, args.crop)
+    diff = check_against_litert(build_from_tflite(source), source)
+    log.info("rebuilt %s: %d parameters, max |Keras - LiteRT| = %.2g at 192x192",
+             source.name, model.count_params(), diff)
+    if diff > 1e-3:
+        raise SystemExit("the Keras rebuild does not match the original model")
+    schedule = keras.optimizers.schedules.CosineDecay(args.lr, args.steps, alpha=0.05)
+    optimizer = keras.optimizers.Adam(schedule)
+
+    # --- Loss: focal loss on the face score (ignored cells masked), L1 on the box / face size --
+    @tf.function(jit_compile=False, reduce_retracing=True)
+    def train_step(x, score_t, box_t, weight):
+        with tf.GradientTape() as tape:
+            out = model(x, training=True)
+            cls, reg = focal_and_box_loss(out["score"], out["box"], score_t, box_t, weight)
+            loss = cls + reg
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return cls, reg
+
+    # --- Training loop with checkpoints -------------------------------------------------------
+    args.work.mkdir(parents=True, exist_ok=True)
+    step = tf.Variable(0, dtype=tf.int64)
+    ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
+    manager = tf.train.CheckpointManager(ckpt, args.work / "checkpoints", max_to_keep=2)
+    log_path = args.work / "train_log.csv"
+    seconds_before = 0.0
+    if args.resume and manager.latest_checkpoint:
+        ckpt.restore(manager.latest_checkpoint)
+        seconds_before = _previous_seconds(args.work)
+        log.info("resumed from %s at step %d", manager.latest_checkpoint, int(step))
+    elif log_path.exists():
+        log_path.unlink()
+    t0 = time.time()
+    with open(log_path, "a", newline="") as fh, tqdm(total=args.steps, initial=int(step), desc="steps") as bar:
+        writer = csv.writer(fh)
+        if fh.tell() == 0:
+            writer.writerow(["step", "score_loss", "box_loss", "lr", "seconds"])
+        while int(step) < args.steps:
+            # One generator per step: a resumed run draws exactly the crops it would have drawn.
+            rng = np.random.default_rng([args.seed, int(step)])
+            x, t = training_batch(sampler, args.batch_size, rng, STRIDE)
+            cls, reg = train_step(tf.constant(x), tf.constant(t["score"]), tf.constant(t["box"]),
+                                  tf.constant(t["weight"]))
+            step.assign_add(1)
+            s = int(step)
+            if s % 10 == 0 or s == args.steps:
+                elapsed = seconds_before + time.time() - t0
+                writer.writerow([s, f"{float(cls):.5f}", f"{float(reg):.5f}",
+                                 f"{float(schedule(s)):.6g}", f"{elapsed:.1f}"])
+                bar.set_postfix(score=f"{float(cls):.3f}", box=f"{float(reg):.3f}")
+            if s % args.checkpoint_every == 0 or s == args.steps:
+                fh.flush()
+                manager.save(checkpoint_number=s)
+                (args.work / "seconds.txt").write_text(f"{seconds_before + time.time() - t0:.1f}\n")
+            bar.update(1)
+    train_seconds = seconds_before + time.time() - t0
+
+    # --- Export, operating threshold on the tune images, report -------------------------------
+    from training.detector_report import choose_threshold, export_detector, write_detector_card
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    export_detector(model, args.out, still_side=args.serve_side)
+    tuning = choose_threshold(args.out, tune)
+    run = {
+        "command": "python -m training.train_detector " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "seed": args.seed, "steps": args.steps, "batch_size": args.batch_size, "crop": args.crop,
+        "serve_side": args.serve_side, "lr": args.lr, "paste_prob": args.paste_prob,
+        "train_seconds": round(train_seconds, 1), "total_seconds": round(time.time() - started, 1),
+        "fit_images": len(fit), "fit_faces": sum(len(s.faces) for s in fit), "tune_images": len(tune),
+        "closeup_images": len(closeups), "rebuild_max_abs_diff": diff,
+        "tensorflow": tf.__version__, "keras": keras.__version__,
+    }
+    write_detector_card(args.out, run, tuning, log_path)
+    log.info("wrote %s (threshold %.2f: tune precision %.3f, recall %.3f) in %.0f s",
+             args.out, tuning["threshold"], tuning["precision"], tuning["recall"], time.time() - started)
+    return 0
+
+
+def focal_and_box_loss(score, box, score_t, box_t, weight, alpha: float = 0.25, gamma: float = 2.0):
+    """(score loss, box loss), each summed over cells and divided by the number of positives."""
+    import tensorflow as tf
+
+    positive = tf.cast(score_t > 0.5, tf.float32)
+    valid = tf.cast(score_t > -0.5, tf.float32)
+    n_pos = tf.maximum(tf.reduce_sum(positive), 1.0)
+    ce = tf.nn.sigmoid_cross_entropy_with_logits(labels=positive, logits=score)
+    p = tf.sigmoid(score)
+    p_t = positive * p + (1 - positive) * (1 - p)
+    alpha_t = positive * alpha + (1 - positive) * (1 - alpha)
+    cls = tf.reduce_sum(alpha_t * (1 - p_t) ** gamma * ce * valid) / n_pos
+    reg = tf.reduce_sum(tf.abs(box - box_t) * weight * positive) / n_pos
+    return cls, reg
+
+
+def detector_splits(data_dir: Path, limit: int | None = None):
+    """(kaggle fit samples, kaggle tune samples, maskon training close-ups).
+
+    The validation quarter is exactly the classifier's (same seed and fraction), so neither
+    model ever trains on the images the README reports on.
+    """
+    kaggle = load_dataset(KAGGLE, data_dir)
+    train, _ = split_by_image(kaggle, VAL_FRACTION, SPLIT_SEED)
+    fit, tune = split_by_image(train, TUNE_FRACTION, SPLIT_SEED + 1)
+    try:
+        closeups, _ = split_by_image(load_dataset(MASKON, data_dir), VAL_FRACTION, SPLIT_SEED)
+    except FileNotFoundError as exc:
+        log.warning("%s: training without close-ups", exc)
+        closeups = []
+    if limit:
+        fit, tune, closeups = fit[:limit], tune[:max(1, limit // 4)], closeups[:limit]
+    return fit, tune, closeups
+
+
+def _previous_seconds(work: Path) -> float:
+    f = work / "seconds.txt"
+    return float(f.read_text()) if f.exists() else 0.0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

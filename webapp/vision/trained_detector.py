@@ -1,0 +1,109 @@
+"""The face detector we train ourselves (``training/train_detector.py``), run by LiteRT.
+
+It is MediaPipe's full-range BlazeFace fine-tuned on our data and kept fully convolutional, so
+it looks at the whole frame at a useful resolution instead of a 192 px letterbox: the frame is
+scaled to a long side of ``still_side`` pixels (``live_side`` for the cheap pass of live video),
+padded to a multiple of 32, and every 4 px cell of the result says whether a face is centred
+there and how large it is. Very large faces (close-ups) are also looked for on a coarse copy
+(``coarse_side``), where they fit the model's receptive field. Boxes are in the annotators'
+convention (the training targets), so no box correction is needed.
+
+Everything the served code needs to know about the file (sizes, threshold, preprocessing) is
+in ``face_detector.json`` next to it, written by the training code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from webapp.vision.detector import Detection, DetectorUnavailable, clip_detection, weighted_nms
+from webapp.vision.litert import load_interpreter
+
+DETECTOR_FILE = "face_detector.tflite"
+DETECTOR_CONTRACT = "face_detector.json"
+
+
+class TrainedDetector:
+    """Grid face detector on whole frames; ``tiles=False`` runs only the cheap live pass."""
+
+    name = "trained"
+
+    def __init__(self, model_dir: Path, threads: int = 1, threshold: float | None = None) -> None:
+        contract_path = Path(model_dir) / DETECTOR_CONTRACT
+        model_path = Path(model_dir) / DETECTOR_FILE
+        if not contract_path.is_file() or not model_path.is_file():
+            raise DetectorUnavailable(f"no trained face detector in {model_dir} "
+                                      "(python -m training.train_detector writes it)")
+        self.contract = json.loads(contract_path.read_text())
+        self.model_path = model_path
+        self.stride = int(self.contract["stride"])
+        self.divisor = int(self.contract["divisor"])
+        self.threshold = float(self.contract["threshold"] if threshold is None else threshold)
+        self.nms_iou = float(self.contract["nms_iou"])
+        self.still_side = int(self.contract["still_side"])
+        self.live_side = int(self.contract["live_side"])
+        self.coarse_side = int(self.contract["coarse_side"])
+        self.coarse_min_face = float(self.contract["coarse_min_face"])
+        self._interp = load_interpreter(model_path, threads)
+        self._input = self._interp.get_input_details()[0]["index"]
+        self._shape: tuple[int, int] | None = None
+        self._lock = threading.Lock()
+
+    def detect(self, image: np.ndarray, tiles: bool = True) -> list[Detection]:
+        """Faces in an HxWx3 uint8 RGB image, merged over the passes by weighted NMS."""
+        return self.merge(self.raw_detections(image, tiles), image.shape[1], image.shape[0])
+
+    def raw_detections(self, image: np.ndarray, tiles: bool = True, threshold: float | None = None
+                       ) -> list[Detection]:
+        """Every cell's detection above the threshold, over the passes ``tiles`` asks for."""
+        if not tiles:
+            return self.detect_at(image, self.live_side, threshold)
+        coarse_scale = self.coarse_side / max(image.shape[:2])
+        return self.detect_at(image, self.still_side, threshold) + [
+            d for d in self.detect_at(image, self.coarse_side, threshold)
+            if min(d.box[2] - d.box[0], d.box[3] - d.box[1]) * coarse_scale >= self.coarse_min_face]
+
+    def merge(self, found: list[Detection], width: int, height: int) -> list[Detection]:
+        """One box per face: the cells around a face centre all fire, so their boxes are averaged."""
+        return [clip_detection(d, width, height) for d in weighted_nms(found, self.nms_iou)]
+
+    def detect_at(self, image: np.ndarray, side: int, threshold: float | None = None) -> list[Detection]:
+        """Raw detections (before NMS) with the frame's long side scaled to ``side`` pixels."""
+        threshold = self.threshold if threshold is None else threshold
+        h, w = image.shape[:2]
+        scale = side / max(h, w)
+        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        ch, cw = (math.ceil(v / self.divisor) * self.divisor for v in (nh, nw))
+        canvas = np.full((1, ch, cw, 3), -1.0, np.float32)  # black padding, as in training
+        resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        canvas[0, :nh, :nw] = resized.astype(np.float32) / 127.5 - 1.0
+        with self._lock:
+            if self._shape != (ch, cw):
+                self._interp.resize_tensor_input(self._input, [1, ch, cw, 3])
+                self._interp.allocate_tensors()
+                outputs = self._interp.get_output_details()
+                self._score_out = next(o["index"] for o in outputs if o["shape"][-1] == 1)
+                self._box_out = next(o["index"] for o in outputs if o["shape"][-1] == 4)
+                self._shape = (ch, cw)
+            self._interp.set_tensor(self._input, canvas)
+            self._interp.invoke()
+            logits = self._interp.get_tensor(self._score_out)[0, :, :, 0]
+            raw = self._interp.get_tensor(self._box_out)[0]
+        cut = math.log(threshold / (1 - threshold))  # compare logits: no sigmoid on every cell
+        ys, xs = np.nonzero(logits >= cut)
+        if ys.size == 0:
+            return []
+        scores = 1.0 / (1.0 + np.exp(-logits[ys, xs]))
+        r = raw[ys, xs]
+        cx = (xs + 0.5) * self.stride + r[:, 0]
+        cy = (ys + 0.5) * self.stride + r[:, 1]
+        bw, bh = np.abs(r[:, 2]), np.abs(r[:, 3])
+        boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1) / scale
+        return [Detection(tuple(float(v) for v in b), float(s)) for b, s in zip(boxes, scores)]
+
