@@ -16,6 +16,7 @@ from training.datasets import (
     describe_split,
     face_counts,
     load_all,
+    load_dataset,
     near_duplicate_group,
     read_class_folders,
     read_voc,
@@ -149,3 +150,16 @@ def test_real_datasets_read_and_split(data_dir, capsys):
     assert val_counts[MASKON]["mask_incorrect"] >= 60
     table = describe_split(train, val)
     assert "kaggle-facemask" in table and "val" in table
+
+
+def test_kaggle_near_duplicates_stay_on_one_side_of_the_split(data_dir):
+    import csv
+
+    samples = load_dataset(KAGGLE, data_dir)
+    train, val = split_by_image(samples, 0.25, 1234)
+    side = {s.path.stem: "val" for s in val} | {s.path.stem: "train" for s in train}
+    with open(data_dir / KAGGLE / "near_duplicates.csv", newline="") as fh:
+        pairs = [(row["image_a"], row["image_b"]) for row in csv.DictReader(fh)]
+    assert pairs
+    for a, b in pairs:
+        assert side[a] == side[b], (a, b)

@@ -153,8 +153,9 @@ def build_pipeline(settings: "Settings", sharing: int = 1) -> "Pipeline":
     from webapp.vision.detector import create_detector
 
     threads = settings.detector_threads or max(1, (os.cpu_count() or 1) // max(sharing, 1))
-    return Pipeline(create_detector(settings.detector, threads, settings.model_dir),
-                    MaskClassifier(settings.model_dir, settings.classifier_threads),
+    # The classifier first: a model folder without labels.json is the first problem to report.
+    classifier = MaskClassifier(settings.model_dir, settings.classifier_threads)
+    return Pipeline(create_detector(settings.detector, threads, settings.model_dir), classifier,
                     max_bytes=settings.max_image_bytes)
 
 
