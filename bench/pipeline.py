@@ -99,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     base = "seed-style (Haar + Keras predict 224 px)"
     if not args.no_baseline:
         import keras
+
+        from training.train import install_offline_weights
+        install_offline_weights(settings.weights_dir)  # the baseline's ImageNet backbone, offline
         configs[base] = seed_style(keras)
 
     sizes = [((640, 480), n) for n in args.faces] + ([((1280, 720), 3)] if args.hd else [])

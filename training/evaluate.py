@@ -222,7 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     classifier = pipeline.classifier if pipeline else MaskClassifier(settings.model_dir, settings.classifier_threads)
     result["model"] = str(classifier.model_path)
     if pipeline:
-        result["command"] = "python -m training.evaluate " + " ".join(sys.argv[1:] if argv is None else argv)
+        data = str(Settings.load().data_dir)
+        result["command"] = "python -m training.evaluate " + " ".join(
+            a.replace(data, "$MASKWATCH_DATA") for a in (sys.argv[1:] if argv is None else argv))
         result["rows"] = []
         for name in detectors:
             if name is not None and name != settings.detector:

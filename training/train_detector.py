@@ -48,6 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--crop", type=int, default=320, help="training crop side in pixels")
     p.add_argument("--serve-side", type=int, default=512,
                    help="long side of the detector input for still images; crops are scaled around it")
+    p.add_argument("--live-side", type=int, default=320,
+                   help="long side of the detector input for the cheap pass of live video (written to the contract)")
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--paste-prob", type=float, default=0.5, help="chance of pasting close-ups into a crop")
     p.add_argument("--checkpoint-every", type=int, default=200)
@@ -118,8 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         ckpt.restore(manager.latest_checkpoint)
         seconds_before = _previous_seconds(args.work)
         log.info("resumed from %s at step %d", manager.latest_checkpoint, int(step))
-    elif log_path.exists():
-        log_path.unlink()
+    else:
+        for stale in (log_path, args.work / "commands.txt"):
+            stale.unlink(missing_ok=True)
     t0 = time.time()
     with open(log_path, "a", newline="") as fh, tqdm(total=args.steps, initial=int(step), desc="steps") as bar:
         writer = csv.writer(fh)
@@ -149,13 +152,15 @@ def main(argv: list[str] | None = None) -> int:
     from training.detector_report import choose_threshold, export_detector, write_detector_card
 
     args.out.mkdir(parents=True, exist_ok=True)
-    export_detector(model, args.out, still_side=args.serve_side)
+    export_detector(model, args.out, still_side=args.serve_side, live_side=args.live_side)
     tuning = choose_threshold(args.out, tune)
     run = {
-        "command": "python -m training.train_detector " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "commands": _commands(args.work, argv),
         "seed": args.seed, "steps": args.steps, "batch_size": args.batch_size, "crop": args.crop,
         "serve_side": args.serve_side, "lr": args.lr, "paste_prob": args.paste_prob,
-        "train_seconds": round(train_seconds, 1), "total_seconds": round(time.time() - started, 1),
+        "train_seconds": round(train_seconds, 1),
+        # this invocation's time outside training steps: loading data, the Keras check, export, threshold
+        "other_seconds": round(time.time() - started - (train_seconds - seconds_before), 1),
         "fit_images": len(fit), "fit_faces": sum(len(s.faces) for s in fit), "tune_images": len(tune),
         "closeup_images": len(closeups), "rebuild_max_abs_diff": diff,
         "tensorflow": tf.__version__, "keras": keras.__version__,
@@ -199,6 +204,14 @@ def detector_splits(data_dir: Path, limit: int | None = None):
     if limit:
         fit, tune, closeups = fit[:limit], tune[:max(1, limit // 4)], closeups[:limit]
     return fit, tune, closeups
+
+
+def _commands(work: Path, argv: list[str] | None) -> list[str]:
+    """Every invocation that built this run (a resumed run lists the original command too)."""
+    command = "python -m training.train_detector " + " ".join(sys.argv[1:] if argv is None else argv)
+    with open(work / "commands.txt", "a") as fh:
+        fh.write(command.strip() + "\n")
+    return (work / "commands.txt").read_text().splitlines()
 
 
 def _previous_seconds(work: Path) -> float:

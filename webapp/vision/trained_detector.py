@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import cv2
@@ -27,6 +28,7 @@ from webapp.vision.litert import load_interpreter
 
 DETECTOR_FILE = "face_detector.tflite"
 DETECTOR_CONTRACT = "face_detector.json"
+MAX_SHAPES = 6  # interpreters kept (frame sizes x passes); a camera sends one frame size
 
 
 class TrainedDetector:
@@ -50,10 +52,18 @@ class TrainedDetector:
         self.live_side = int(self.contract["live_side"])
         self.coarse_side = int(self.contract["coarse_side"])
         self.coarse_min_face = float(self.contract["coarse_min_face"])
-        self._interp = load_interpreter(model_path, threads)
-        self._input = self._interp.get_input_details()[0]["index"]
-        self._shape: tuple[int, int] | None = None
+        self.threads = threads
+        # One interpreter per input shape: resizing a LiteRT interpreter re-plans its XNNPACK
+        # graph (tens of ms), and live video alternates two shapes (cheap and thorough pass).
+        self._interpreters: OrderedDict[tuple[int, int], tuple] = OrderedDict()
         self._lock = threading.Lock()
+        self._interpreter_for(*self.input_shape(480, 640, self.live_side)[2:])  # a bad file fails here
+
+    def input_shape(self, height: int, width: int, side: int) -> tuple[int, int, int, int]:
+        """(resized height, width, padded height, width) of a frame scaled to a long side of ``side``."""
+        scale = side / max(height, width)
+        nh, nw = max(1, round(height * scale)), max(1, round(width * scale))
+        return nh, nw, math.ceil(nh / self.divisor) * self.divisor, math.ceil(nw / self.divisor) * self.divisor
 
     def detect(self, image: np.ndarray, tiles: bool = True) -> list[Detection]:
         """Faces in an HxWx3 uint8 RGB image, merged over the passes by weighted NMS."""
@@ -61,40 +71,39 @@ class TrainedDetector:
 
     def raw_detections(self, image: np.ndarray, tiles: bool = True, threshold: float | None = None
                        ) -> list[Detection]:
-        """Every cell's detection above the threshold, over the passes ``tiles`` asks for."""
+        """Detections above the threshold over the passes ``tiles`` asks for, before merging.
+
+        The thorough pass splits the work by face size: the full-resolution copy keeps the faces
+        that are small on the coarse copy, the coarse copy the large ones (close-ups larger than
+        the model's receptive field would otherwise also give half-face boxes at full resolution).
+        """
         if not tiles:
             return self.detect_at(image, self.live_side, threshold)
-        coarse_scale = self.coarse_side / max(image.shape[:2])
-        return self.detect_at(image, self.still_side, threshold) + [
-            d for d in self.detect_at(image, self.coarse_side, threshold)
-            if min(d.box[2] - d.box[0], d.box[3] - d.box[1]) * coarse_scale >= self.coarse_min_face]
+        split = self.coarse_min_face * max(image.shape[:2]) / self.coarse_side  # long side, image px
+        return (self.detect_at(image, self.still_side, threshold, longest=(0.0, split))
+                + self.detect_at(image, self.coarse_side, threshold, longest=(split, math.inf)))
 
     def merge(self, found: list[Detection], width: int, height: int) -> list[Detection]:
         """One box per face: the cells around a face centre all fire, so their boxes are averaged."""
         return [clip_detection(d, width, height) for d in weighted_nms(found, self.nms_iou)]
 
-    def detect_at(self, image: np.ndarray, side: int, threshold: float | None = None) -> list[Detection]:
-        """Raw detections (before NMS) with the frame's long side scaled to ``side`` pixels."""
+    def detect_at(self, image: np.ndarray, side: int, threshold: float | None = None,
+                  longest: tuple[float, float] = (0.0, math.inf)) -> list[Detection]:
+        """Raw detections (before NMS) with the frame's long side scaled to ``side`` pixels, keeping
+        boxes whose longer side (in image pixels) lies in ``longest``."""
         threshold = self.threshold if threshold is None else threshold
         h, w = image.shape[:2]
         scale = side / max(h, w)
-        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-        ch, cw = (math.ceil(v / self.divisor) * self.divisor for v in (nh, nw))
+        nh, nw, ch, cw = self.input_shape(h, w, side)
         canvas = np.full((1, ch, cw, 3), -1.0, np.float32)  # black padding, as in training
         resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
         canvas[0, :nh, :nw] = resized.astype(np.float32) / 127.5 - 1.0
         with self._lock:
-            if self._shape != (ch, cw):
-                self._interp.resize_tensor_input(self._input, [1, ch, cw, 3])
-                self._interp.allocate_tensors()
-                outputs = self._interp.get_output_details()
-                self._score_out = next(o["index"] for o in outputs if o["shape"][-1] == 1)
-                self._box_out = next(o["index"] for o in outputs if o["shape"][-1] == 4)
-                self._shape = (ch, cw)
-            self._interp.set_tensor(self._input, canvas)
-            self._interp.invoke()
-            logits = self._interp.get_tensor(self._score_out)[0, :, :, 0]
-            raw = self._interp.get_tensor(self._box_out)[0]
+            interp, input_index, score_index, box_index = self._interpreter_for(ch, cw)
+            interp.set_tensor(input_index, canvas)
+            interp.invoke()
+            logits = interp.get_tensor(score_index)[0, :, :, 0]
+            raw = interp.get_tensor(box_index)[0]
         cut = math.log(threshold / (1 - threshold))  # compare logits: no sigmoid on every cell
         ys, xs = np.nonzero(logits >= cut)
         if ys.size == 0:
@@ -104,6 +113,26 @@ class TrainedDetector:
         cx = (xs + 0.5) * self.stride + r[:, 0]
         cy = (ys + 0.5) * self.stride + r[:, 1]
         bw, bh = np.abs(r[:, 2]), np.abs(r[:, 3])
-        boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1) / scale
+        size = np.maximum(bw, bh) / scale
+        keep = (size >= longest[0]) & (size < longest[1])
+        boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1)[keep] / scale
+        scores = scores[keep]
         return [Detection(tuple(float(v) for v in b), float(s)) for b, s in zip(boxes, scores)]
 
+    def _interpreter_for(self, height: int, width: int) -> tuple:
+        """(interpreter, input, score output, box output) for this input shape; keeps the last few."""
+        key = (height, width)
+        if key in self._interpreters:
+            self._interpreters.move_to_end(key)
+            return self._interpreters[key]
+        interp = load_interpreter(self.model_path, self.threads)
+        input_index = interp.get_input_details()[0]["index"]
+        interp.resize_tensor_input(input_index, [1, height, width, 3])
+        interp.allocate_tensors()
+        outputs = interp.get_output_details()
+        entry = (interp, input_index, next(o["index"] for o in outputs if o["shape"][-1] == 1),
+                 next(o["index"] for o in outputs if o["shape"][-1] == 4))
+        self._interpreters[key] = entry
+        if len(self._interpreters) > MAX_SHAPES:
+            self._interpreters.popitem(last=False)
+        return entry
