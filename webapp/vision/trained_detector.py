@@ -4,9 +4,9 @@ It is MediaPipe's full-range BlazeFace fine-tuned on our data and kept fully con
 it looks at the whole frame at a useful resolution instead of a 192 px letterbox: the frame is
 scaled to a long side of ``still_side`` pixels (``live_side`` for the cheap pass of live video),
 padded to a multiple of 32, and every 4 px cell of the result says whether a face is centred
-there and how large it is. Very large faces (close-ups) are also looked for on a coarse copy
-(``coarse_side``), where they fit the model's receptive field. Boxes are in the annotators'
-convention (the training targets), so no box correction is needed.
+there and how large it is. Large faces (close-ups) are taken from a coarse copy
+(``coarse_side``) instead, where they fit the model's receptive field. Boxes are in the
+annotators' convention (the training targets), so no box correction is needed.
 
 Everything the served code needs to know about the file (sizes, threshold, preprocessing) is
 in ``face_detector.json`` next to it, written by the training code.
