@@ -35,6 +35,7 @@ class Scene:
     image: np.ndarray  # HxWx3 uint8 RGB
     boxes: np.ndarray  # (N, 4) float32 x0, y0, x1, y1 in image pixels
     source: str
+    labels: tuple[str, ...] = ()  # of the boxes
 
 
 def load_scenes(samples: Sequence[Sample], max_side: int = 1024, desc: str = "scenes") -> list[Scene]:
@@ -51,7 +52,7 @@ def load_scenes(samples: Sequence[Sample], max_side: int = 1024, desc: str = "sc
             image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
         boxes = np.array([f.box for f in sample.faces], np.float32).reshape(-1, 4)
         boxes *= np.array([sx, sy, sx, sy], np.float32) * scale
-        scenes.append(Scene(image, boxes, sample.source))
+        scenes.append(Scene(image, boxes, sample.source, tuple(f.label for f in sample.faces)))
     return scenes
 
 
@@ -69,7 +70,8 @@ class CropSampler:
 
     def __init__(self, scenes: Sequence[Scene], closeups: Sequence[Scene], crop: int = 320,
                  serve_side: int = 512, scale_range: tuple[float, float] = (0.25, 2.0),
-                 paste_prob: float = 0.5, closeup_face: tuple[float, float] = (12.0, 240.0)) -> None:
+                 paste_prob: float = 0.5, closeup_face: tuple[float, float] = (12.0, 240.0),
+                 scene_weights: Sequence[float] | None = None) -> None:
         if not scenes:
             raise ValueError("no training scenes")
         self.scenes = list(scenes)
@@ -79,6 +81,7 @@ class CropSampler:
         self.scale_range = scale_range
         self.paste_prob = paste_prob if self.closeups else 0.0
         self.closeup_face = closeup_face
+        self.scene_p = None if scene_weights is None else np.asarray(scene_weights, float) / np.sum(scene_weights)
 
     def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """A ``crop`` x ``crop`` uint8 RGB image and its (N, 4) face boxes (may extend past the edge)."""
@@ -88,7 +91,8 @@ class CropSampler:
         # mostly another scene fills them (mosaic): more faces and backgrounds per step.
         layers = 2 if rng.random() < 0.6 else 1
         for _ in range(layers):
-            scene = self.scenes[int(rng.integers(len(self.scenes)))]
+            scene = self.scenes[int(rng.integers(len(self.scenes)) if self.scene_p is None
+                                    else rng.choice(len(self.scenes), p=self.scene_p))]
             h, w = scene.image.shape[:2]
             scale = self.serve_side / max(h, w) * _log_uniform(rng, *self.scale_range)
             canvas, boxes = self._place(canvas, boxes, _resize(scene.image, scale), scene.boxes * scale, rng)

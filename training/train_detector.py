@@ -27,6 +27,7 @@ import numpy as np
 
 from training.datasets import KAGGLE, MASKON, load_dataset, split_by_image
 from training.detector_data import CropSampler, load_scenes, training_batch
+from webapp.vision.labels import WITH_MASK
 
 log = logging.getLogger("training.train_detector")
 
@@ -52,6 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="long side of the detector input for the cheap pass of live video (written to the contract)")
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--paste-prob", type=float, default=0.5, help="chance of pasting close-ups into a crop")
+    p.add_argument("--rare-weight", type=float, default=0.0,
+                   help="draw scenes with unmasked or incorrectly masked faces 1 + this times as often")
     p.add_argument("--checkpoint-every", type=int, default=200)
     p.add_argument("--limit-images", type=int, help="use only this many images per dataset (smoke tests)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --work")
@@ -84,8 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     fit, tune, closeups = detector_splits(data_dir, args.limit_images)
     log.info("kaggle fit %d images (%d faces), tune %d images; close-ups %d",
              len(fit), sum(len(s.faces) for s in fit), len(tune), len(closeups))
-    sampler = CropSampler(load_scenes(fit, desc="kaggle fit"), load_scenes(closeups, 512, desc="close-ups"),
-                          crop=args.crop, serve_side=args.serve_side, paste_prob=args.paste_prob)
+    scenes = load_scenes(fit, desc="kaggle fit")
+    weights = [1.0 + args.rare_weight * any(lab != WITH_MASK for lab in sc.labels) for sc in scenes]
+    sampler = CropSampler(scenes, load_scenes(closeups, 512, desc="close-ups"), crop=args.crop,
+                          serve_side=args.serve_side, paste_prob=args.paste_prob,
+                          scene_weights=weights if args.rare_weight else None)
 
     # --- Model: BlazeFace full range with its own weights, every layer trainable ------------
     source = blazeface_model_dir() / FULL_RANGE_FILE
@@ -157,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     run = {
         "commands": _commands(args.work, argv),
         "seed": args.seed, "steps": args.steps, "batch_size": args.batch_size, "crop": args.crop,
-        "serve_side": args.serve_side, "lr": args.lr, "paste_prob": args.paste_prob,
+        "serve_side": args.serve_side, "lr": args.lr, "paste_prob": args.paste_prob, "rare_weight": args.rare_weight,
         "train_seconds": round(train_seconds, 1),
         # this invocation's time outside training steps: loading data, the Keras check, export, threshold
         "other_seconds": round(time.time() - started - (train_seconds - seconds_before), 1),
