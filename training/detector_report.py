@@ -49,13 +49,11 @@ def export_detector(model, out: Path, still_side: int = 512, live_side: int = 32
     (out / DETECTOR_CONTRACT).write_text(json.dumps(contract, indent=2) + "\n")
 
 
-def _match(truth: np.ndarray, boxes: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """True-positive flag per detection: greedy by score, each true face matched once."""
-    tp = np.zeros(len(boxes), bool)
-    if not len(truth) or not len(boxes):
-        return tp
-    m = iou_matrix(boxes, truth)
-    used = np.zeros(len(truth), bool)
+def _match(m: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """True-positive flag per detection from its IoU with each true face (rows: detections):
+    greedy by score, each true face matched once."""
+    tp = np.zeros(m.shape[0], bool)
+    used = np.zeros(m.shape[1], bool)
     for i in np.argsort(-scores):
         candidates = np.where(~used & (m[i] >= RECALL_IOU))[0]
         if candidates.size:
@@ -80,12 +78,12 @@ def precision_recall(detector: TrainedDetector, samples: Sequence[Sample],
         for raw, truth, w, h in cached:
             merged = detector.merge([d for d in raw if d.score >= t], w, h)
             boxes = np.array([d.box for d in merged], np.float32).reshape(-1, 4)
-            flags = _match(truth, boxes, np.array([d.score for d in merged], np.float32))
-            tp += int(flags.sum())
+            m = iou_matrix(boxes, truth)
+            tp += int(_match(m, np.array([d.score for d in merged], np.float32)).sum())
             n_det += len(boxes)
             n_true += len(truth)
-            if len(truth) and len(boxes):
-                found += int((iou_matrix(truth, boxes).max(1) >= RECALL_IOU).sum())
+            if m.size:
+                found += int((m.max(0) >= RECALL_IOU).sum())
         rows.append({"threshold": float(t), "precision": tp / n_det if n_det else 1.0,
                      "recall": found / n_true if n_true else 0.0, "detections": n_det})
     return rows

@@ -127,6 +127,10 @@ def _rgb(sample: Sample) -> np.ndarray:
     return decode_image(sample.path.read_bytes(), max_bytes=1 << 30, formats=FILE_FORMATS)
 
 
+def _num(v: float | None, digits: int = 3) -> str:
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
 def _pct(v: float | None) -> str:
     return "  –" if v is None else f"{100 * v:3.0f}"
 
@@ -145,8 +149,7 @@ def format_detector_table(rows: Sequence[dict[str, Any]]) -> str:
 
 def format_pipeline_table(rows: Sequence[dict[str, Any]]) -> str:
     """One row per detector of the served pipeline: the README's and model card's comparison table."""
-    def f(v, digits=3):
-        return "–" if v is None else f"{v:.{digits}f}"
+    f = _num
     lines = ["| detector | mAP@0.5 all | mAP@0.5 >= 32 px | AP mask_incorrect | recall >= 32 px with / incorrect / "
              "without | recall 16-31 px | recall < 16 px | precision | ms / image |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -161,8 +164,7 @@ def format_pipeline_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def format_end_to_end(r: dict[str, Any]) -> str:
-    def f(v):
-        return "–" if v is None else f"{v:.3f}"
+    f = _num
     lines = [f"end to end on {r['images']} images (median {r['ms_per_image_median']:.1f} ms/image)",
              f"  mAP@0.5 all faces {f(r['map50'])}   faces >= 32 px {f(r['map50_min32'])}",
              f"  {'label':16s} {'AP50':>6s} {'AP50>=32':>9s} {'recall':>7s} {'recall>=32':>10s}"]
