@@ -25,8 +25,8 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from training.datasets import KAGGLE, load_dataset, split_by_image
 from training.faces import FaceSet
+from training.fit import install_offline_weights
 from training.metrics import classifier_section
-from training.train import install_offline_weights
 from webapp.config import Settings
 from webapp.vision.classifier import MaskClassifier
 from webapp.vision.crop import DEFAULT_MARGIN, to_model_input

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 KAGGLE = "kaggle-facemask"
 MASKON = "maskedfacenet-maskon"
 CHANDRIKA = "chandrikadeb7-facemask"
+IMFD = "maskedfacenet-imfd-extra"  # synthetic nose-uncovered close-ups, one per image
 
 # Images bigger than this are refused while reading datasets (decompression bombs).
 MAX_PIXELS = 8192 * 8192
@@ -256,14 +257,14 @@ def load_dataset(name: str, data_dir: Path) -> list[Sample]:
     root = Path(data_dir) / name
     if not root.is_dir():
         raise FileNotFoundError(f"dataset folder not found: {root}")
-    if name in (KAGGLE, MASKON):
+    if name in (KAGGLE, MASKON, IMFD):
         return read_voc_folder(root / "images", root / "annotations")
     if name == CHANDRIKA:
         return read_class_folders(root, name)
     raise ValueError(f"unknown dataset {name!r}")
 
 
-ALL_DATASETS = (KAGGLE, MASKON, CHANDRIKA)
+ALL_DATASETS = (KAGGLE, MASKON, CHANDRIKA, IMFD)
 
 
 def load_all(data_dir: Path, names: Iterable[str] = ALL_DATASETS) -> list[Sample]:
@@ -285,30 +286,55 @@ def _stable_rank(seed: int, *parts: str) -> str:
     return hashlib.sha1(":".join((str(seed),) + parts).encode()).hexdigest()
 
 
+def _ranked_strata(samples: Sequence[Sample], seed: int) -> list[list[tuple[str, str]]]:
+    """The (source, group) keys of each source and rarest-label stratum, in a seeded hash order.
+
+    A group goes to the stratum of the rarest label it contains; ordering by a hash of
+    (seed, source, group) rather than a shuffled list keeps each image's side stable when other
+    files are added or removed.
+    """
+    groups: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for s in samples:
+        groups[(s.source, s.group)].update(f.label for f in s.faces)
+    strata: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
+    for key, present in groups.items():
+        strata[(key[0], next(label for label in _RARITY if label in present))].append(key)
+    return [sorted(keys, key=lambda k: _stable_rank(seed, *k)) for keys in strata.values()]
+
+
 def split_by_image(samples: Sequence[Sample], val_fraction: float = 0.25, seed: int = 0
                    ) -> tuple[list[Sample], list[Sample]]:
-    """Deterministic train/validation split by source image group, stratified by rarest label.
-
-    Ordering by a hash of (seed, source, group) rather than a shuffled list keeps each image's
-    side stable when other files are added or removed.
-    """
+    """Deterministic train/validation split by source image group, stratified by rarest label."""
     if not 0.0 < val_fraction < 1.0:
         raise ValueError("val_fraction must be between 0 and 1")
-    groups: dict[tuple[str, str], list[Sample]] = defaultdict(list)
-    for s in samples:
-        groups[(s.source, s.group)].append(s)
-    strata: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
-    for key, members in groups.items():
-        present = {f.label for s in members for f in s.faces}
-        stratum = next(label for label in _RARITY if label in present)
-        strata[(key[0], stratum)].append(key)
-    val_keys: set[tuple[str, str]] = set()
-    for keys in strata.values():
-        keys.sort(key=lambda k: _stable_rank(seed, *k))
-        val_keys.update(keys[:int(round(len(keys) * val_fraction))])
+    val_keys = {key for keys in _ranked_strata(samples, seed)
+                for key in keys[:int(round(len(keys) * val_fraction))]}
     train = [s for s in samples if (s.source, s.group) not in val_keys]
     val = [s for s in samples if (s.source, s.group) in val_keys]
     return train, val
+
+
+def assign_folds(samples: Sequence[Sample], folds: int = 5, seed: int = 0) -> np.ndarray:
+    """Fold number (0..folds-1) of each sample for k-fold cross-validation by image group.
+
+    Groups never straddle folds, and each stratum is dealt out round-robin, so every fold gets
+    its share of the rare mask_incorrect images.
+    """
+    if folds < 2:
+        raise ValueError("need at least 2 folds")
+    fold_of = {key: i % folds for keys in _ranked_strata(samples, seed) for i, key in enumerate(keys)}
+    return np.array([fold_of[(s.source, s.group)] for s in samples], dtype=np.int64)
+
+
+def limit_per_source(samples: Sequence[Sample], n: int) -> list[Sample]:
+    """The first ``n`` samples of each source (smoke tests)."""
+    taken: Counter[str] = Counter()
+    kept = []
+    for s in samples:
+        if taken[s.source] < n:
+            taken[s.source] += 1
+            kept.append(s)
+    return kept
 
 
 def face_counts(samples: Iterable[Sample]) -> dict[str, Counter[str]]:

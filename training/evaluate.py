@@ -64,7 +64,7 @@ def classify_true_boxes(samples: Sequence[Sample], classifier: MaskClassifier,
     probs = np.concatenate([classifier.predict_proba(to_model_input(crops[i:i + batch]))
                             for i in range(0, len(crops), batch)])
     true = [LABELS[i] for i in faces.labels]
-    pred = [classifier.labels[i] for i in probs.argmax(1)]
+    pred = [classifier.labels[i] for i in classifier.decide(probs)]
     return true, pred, faces.short_sides
 
 

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from training.datasets import Sample, read_rgb
 from webapp.vision.crop import cut_face, to_model_input
-from webapp.vision.labels import LABELS
+from webapp.vision.labels import LABELS, WITHOUT_MASK
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,13 @@ class FaceSet:
 
     def __len__(self) -> int:
         return len(self.faces)
+
+    def subset(self, keep: np.ndarray) -> "FaceSet":
+        """The faces where ``keep`` is true, sharing the decoded images (no copy)."""
+        part = FaceSet.__new__(FaceSet)
+        part.images = self.images
+        part.faces = [f for f, k in zip(self.faces, keep) if k]
+        return part
 
     @property
     def labels(self) -> np.ndarray:
@@ -130,12 +137,53 @@ def augment_crop(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
+def cover_mouth_with_hand(crop: np.ndarray, margin: float, rng: np.random.Generator) -> np.ndarray:
+    """Paint a hand (three or four skin-coloured fingers, shaded, with dark creases between them)
+    across the mouth of a face crop.
+
+    An unmasked face with a hand in front of the mouth is still unmasked; without such examples
+    the model learns "something covers the mouth" = mask. The colour is the face's own forehead
+    and the fingers have creases and shading, so the occluder reads as skin, not as a plain
+    beige mask. Called for unmasked faces only.
+    """
+    size = crop.shape[0]
+    face0 = size * margin / (1 + 2 * margin)
+    fh = size / (1 + 2 * margin)  # the face box's side inside the crop
+    forehead = crop[int(face0 + 0.1 * fh):int(face0 + 0.3 * fh), int(size * 0.4):int(size * 0.6)]
+    colour = np.median(forehead.reshape(-1, 3), axis=0) * rng.uniform(0.85, 1.1)
+    fingers = int(rng.integers(3, 5))
+    width = rng.uniform(0.09, 0.12) * fh  # one finger's thickness
+    length = rng.uniform(0.45, 0.7) * fh
+    angle = rng.uniform(-25, 25)
+    cx = size / 2 + rng.normal(0, 0.08) * fh
+    top = face0 + rng.uniform(0.6, 0.72) * fh  # the upper finger lies on the upper lip or just below
+    direction = np.array([np.cos(np.radians(angle)), np.sin(np.radians(angle))])
+    mask = np.zeros((size, size), np.float32)
+    light = np.zeros((size, size), np.float32)
+    for i in range(fingers):
+        centre = np.array([cx, top + (i + 0.5) * width]) + direction * rng.normal(0, 0.04 * fh)
+        ends = [centre - direction * length / 2, centre + direction * length / 2]
+        p0, p1 = (tuple(int(round(v)) for v in e) for e in ends)
+        thickness = max(int(round(width * 0.95)), 1)
+        cv2.line(mask, p0, p1, 1.0, thickness, cv2.LINE_AA)
+        cv2.line(light, p0, p1, 1.0, max(thickness // 3, 1), cv2.LINE_AA)  # a highlight along the finger
+    mask = cv2.GaussianBlur(mask, (0, 0), max(size / 160, 0.6))[..., None]
+    light = cv2.GaussianBlur(light, (0, 0), max(width / 3, 0.6))[..., None]
+    shade = 0.78 + 0.3 * light + rng.normal(0, 0.02, (size, size, 1)).astype(np.float32)
+    hand = np.clip(colour[None, None, :] * shade, 0, 255)
+    return (crop * (1 - mask) + hand * mask).astype(np.uint8)
+
+
 def augmented_batch(faces: FaceSet, indices: np.ndarray, size: int, margin: float,
-                    rng: np.random.Generator) -> np.ndarray:
-    """Model-ready float32 batch of augmented crops for ``indices``."""
+                    rng: np.random.Generator, occlusion: float = 0.0) -> np.ndarray:
+    """Model-ready float32 batch of augmented crops for ``indices``; with probability
+    ``occlusion`` an unmasked face gets a hand over its mouth (see ``cover_mouth_with_hand``)."""
     batch = np.empty((len(indices), size, size, 3), np.uint8)
+    unmasked = LABELS.index(WITHOUT_MASK)
     for row, i in enumerate(indices):
         ref = faces.faces[int(i)]
         crop = cut_face(faces.images[ref.image], jitter_box(ref.box, rng), size, margin)
+        if occlusion > 0 and ref.label == unmasked and rng.random() < occlusion:
+            crop = cover_mouth_with_hand(crop, margin, rng)
         batch[row] = augment_crop(crop, rng)
     return to_model_input(batch)

@@ -1,41 +1,49 @@
-"""Train the 3-class face-mask classifier (MobileNetV2, ImageNet weights) and write ``model/``.
+"""Train the 3-class face-mask classifier (MobileNetV2, ImageNet weights) the way it ships.
 
-Reads top to bottom like a Keras example: data, model, train (head, then fine-tune), export,
-evaluate. Usage::
+Reads top to bottom: data, cross-validation of the recipe, the serving decisions taken from the
+out-of-fold predictions, the final model on all development images, export, and the report on
+the validation split (held out of everything above). Usage::
 
-    python -m training.train                      # the shipped model (see model/MODEL_CARD.md)
-    python -m training.train --alpha 1.0 --size 224 --out runs/a10-224
+    python -m training.train                  # the shipped recipe -> runs/classifier/
+    python -m training.train --out model/     # ... and replace the shipped model
+    python -m training.train --cv runs/cv/imfd-occ-ls --out runs/x   # reuse a finished CV run
 
+Which data chose what: the epoch count, the recipe, the temperature, the decision rule and
+flip averaging were chosen on out-of-fold predictions of the development images
+(``training.crossval``); the validation split (25 % of every dataset's image groups, seed 1234,
+the one ``training.evaluate --split val`` and the detector report use) only reports.
 Dataset and weight locations come from settings (``MASKWATCH_DATA``, ``MASKWATCH_WEIGHTS``).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
-import os
-import shutil
 import sys
-import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from training.datasets import ALL_DATASETS, KAGGLE, describe_split, face_counts, load_all, split_by_image
-from training.faces import FaceSet, augmented_batch
-from training.metrics import SIZE_BUCKETS, classifier_section, format_report, macro_f1, size_bucket
+from training.crossval import development_faces, load_splits, run_crossval
+from training.datasets import ALL_DATASETS, KAGGLE, describe_split, face_counts
+from training.faces import FaceSet
+from training.fit import Recipe, export_classifier, fit_classifier, install_offline_weights
+from training.metrics import SIZE_BUCKETS, classifier_section, format_report, size_bucket
+from training.oof import expected_calibration_error, reliability
 from webapp.config import Settings
-from webapp.vision.classifier import LABELS_FILE, MODEL_FILE, MaskClassifier
-from webapp.vision.crop import DEFAULT_MARGIN, to_model_input
-from webapp.vision.labels import LABELS, MASK_INCORRECT
+from webapp.vision.classifier import MaskClassifier
+from webapp.vision.crop import to_model_input
+from webapp.vision.labels import LABELS
 
 log = logging.getLogger("training.train")
 
-KERAS_FILE = "mask_classifier.keras"
+# Below this calibrated probability a face is "unsure": drawn grey, never counted (README).
+# On calibrated scores it means "the model is wrong at least 4 times in 10 on faces like this".
+UNSURE_BELOW = 0.6
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,39 +52,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weights", type=Path,
                    help="folder with Keras' MobileNetV2 .h5 files to install into $KERAS_HOME/models")
     p.add_argument("--datasets", nargs="+", default=list(ALL_DATASETS), choices=ALL_DATASETS)
-    p.add_argument("--out", type=Path, default=Settings().model_dir, help="output folder (default: model/)")
-    p.add_argument("--alpha", type=float, default=0.35, choices=(0.35, 0.5, 0.75, 1.0, 1.3, 1.4))
-    p.add_argument("--size", type=int, default=128, help="input size in pixels (square)")
-    p.add_argument("--margin", type=float, default=DEFAULT_MARGIN, help="crop margin around the face box")
-    p.add_argument("--balance", choices=("class_weight", "sampling", "none"), default="class_weight",
-                   help="how the rare mask_incorrect class is handled")
-    p.add_argument("--head-epochs", type=int, default=4)
-    p.add_argument("--finetune-epochs", type=int, default=24)
-    p.add_argument("--finetune-layers", type=int, default=100,
-                   help="how many of the backbone's top layers are trained in phase 2 (BatchNorm stays frozen)")
-    p.add_argument("--head-lr", type=float, default=1e-3)
-    p.add_argument("--finetune-lr", type=float, default=1e-4)
-    p.add_argument("--patience", type=int, default=6)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--steps-per-epoch", type=int, help="default: one pass over the training faces")
-    p.add_argument("--val-fraction", type=float, default=0.25)
+    p.add_argument("--out", type=Path, default=Path("runs/classifier"),
+                   help="output folder (default: runs/classifier; model/ replaces the shipped model)")
+    p.add_argument("--cv", type=Path, help="cross-validation folder of this recipe (default: "
+                   "runs/cv/recipe-<hash>; finished folds are reused, missing ones trained)")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--compare", type=Path, nargs="*", default=[],
+                   help="other CV folders (cv.json) to list in the model card's candidate table")
     p.add_argument("--limit-images", type=int, help="use only this many images per dataset (smoke tests)")
-    p.add_argument("--seed", type=int, default=1234)
+    Recipe.add_arguments(p)
     return p.parse_args(argv)
 
 
-def install_offline_weights(weights_dir: Path | None) -> None:
-    """Copy Keras' backbone files into ``$KERAS_HOME/models`` so ``weights="imagenet"`` works offline."""
-    if weights_dir is None:
-        return
-    weights_dir = Path(weights_dir)
-    if not weights_dir.is_dir():
-        raise SystemExit(f"weights folder not found: {weights_dir}")
-    cache = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
-    cache.mkdir(parents=True, exist_ok=True)
-    for f in weights_dir.glob("*.h5"):
-        if not (cache / f.name).exists():
-            shutil.copy2(f, cache / f.name)
+def serving_decisions(cv: dict) -> dict:
+    """What the server does with the model's output, chosen on out-of-fold predictions:
+    flip averaging and class offsets only where they raise the mean kaggle-facemask macro-F1."""
+    def mean_f1(section: dict) -> float:
+        return section["mean_std"]["kaggle_macro_f1"]["mean"]
+
+    variants = cv["variants"]
+    flip = mean_f1(variants["flip_tta"]["argmax"]) > mean_f1(variants["plain"]["argmax"])
+    chosen = variants["flip_tta" if flip else "plain"]
+    offsets = mean_f1(chosen["offsets"]) > mean_f1(chosen["argmax"])
+    return {
+        "temperature": chosen["calibration"]["temperature"],
+        "flip_average": flip,
+        "decision_offsets": chosen["offsets"]["chosen_on_all_folds"] if offsets else [0.0] * len(LABELS),
+        "unsure_below": UNSURE_BELOW,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,82 +87,49 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = Settings.load({"data_dir": args.data, "weights_dir": args.weights})
     install_offline_weights(settings.weights_dir)
-    keras.utils.set_random_seed(args.seed)
+    recipe = Recipe.from_args(args)
+    command = "python -m training.train " + " ".join(sys.argv[1:] if argv is None else argv)
     started = time.time()
 
-    # ---- Data -------------------------------------------------------------------------------
-    samples = load_all(settings.data_dir, args.datasets)
-    if not samples:
-        raise SystemExit(f"no dataset found under {settings.data_dir}; set MASKWATCH_DATA (see README)")
-    train_samples, val_samples = split_by_image(samples, args.val_fraction, args.seed)
-    if args.limit_images:
-        train_samples = _limit(train_samples, args.limit_images)
-        val_samples = _limit(val_samples, max(args.limit_images // 2, 1))
+    # ---- Data: development images (cross-validation and the final fit) and validation ----------
+    dev_samples, val_samples = load_splits(settings.data_dir, args.datasets, args.limit_images)
+    faces, fold_of = development_faces(dev_samples, args.folds, recipe.seed)
     print("Faces per source and label (split by source image, stratified by rarest label):")
-    print(describe_split(train_samples, val_samples))
-    train_faces = FaceSet(train_samples, desc="train images")
-    val_faces = FaceSet(val_samples, desc="val images")
-    val_x = to_model_input(val_faces.crops(args.size, args.margin))
-    val_y = val_faces.labels
+    print(describe_split(dev_samples, val_samples).replace(" train ", " dev   "))
 
-    # ---- Model ------------------------------------------------------------------------------
-    # The backbone is built shape-agnostic: Keras then loads its ImageNet weights for 224 px
-    # (the files shipped offline) and the convolutional weights apply at any input size.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*Weights for input shape \\(224, 224\\)")
-        backbone = keras.applications.MobileNetV2(input_shape=(None, None, 3), alpha=args.alpha,
-                                                  include_top=False, weights="imagenet")
-    inputs = keras.Input((args.size, args.size, 3), name="face")
-    x = backbone(inputs, training=False)  # BatchNorm stays in inference mode in both phases
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    x = keras.layers.Dropout(0.3)(x)
-    outputs = keras.layers.Dense(len(LABELS), activation="softmax", name="mask_class")(x)
-    model = keras.Model(inputs, outputs, name="mask_classifier")
+    # ---- Cross-validation: scores, calibration and the decision rule ---------------------------
+    config = {"recipe": recipe.as_dict(), "folds": args.folds, "datasets": args.datasets,
+              "limit_images": args.limit_images, "command": command}
+    cv_dir = args.cv or Path("runs/cv") / ("recipe-" + _recipe_hash(config))
+    cv = run_crossval(faces, fold_of, recipe, cv_dir, config)
+    decisions = serving_decisions(cv)
+    log.info("serving decisions from %s: %s", cv_dir, decisions)
 
-    # ---- Train ------------------------------------------------------------------------------
-    batches = TrainBatches(train_faces, args)
-    class_weight = _class_weights(train_faces.labels) if args.balance == "class_weight" else None
-    score = ValidationScore(val_x, val_y, val_faces.sources)
+    # ---- The final model: every development face, the same recipe ------------------------------
+    model, history = fit_classifier(faces, recipe)
+    export_classifier(model, recipe, args.out, {**decisions, "chosen_on": f"out-of-fold predictions, {cv_dir}"})
 
-    backbone.trainable = False
-    model.compile(keras.optimizers.Adam(args.head_lr), "sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
-    head = model.fit(batches, epochs=args.head_epochs, class_weight=class_weight, callbacks=[score])
-
-    backbone.trainable = True
-    for layer in backbone.layers[:-args.finetune_layers]:
-        layer.trainable = False
-    for layer in backbone.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.trainable = False
-    model.compile(keras.optimizers.Adam(args.finetune_lr), "sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
-    stop = keras.callbacks.EarlyStopping(monitor="val_macro_f1", mode="max", patience=args.patience,
-                                         restore_best_weights=True, start_from_epoch=0)
-    fine = model.fit(batches, epochs=args.head_epochs + args.finetune_epochs,
-                     initial_epoch=args.head_epochs, class_weight=class_weight,
-                     callbacks=[score, stop])
-    history = {k: head.history.get(k, []) + fine.history.get(k, []) for k in fine.history}
-    best_epoch = int(np.argmax(history["val_macro_f1"])) + 1
-
-    # ---- Export -----------------------------------------------------------------------------
-    args.out.mkdir(parents=True, exist_ok=True)
-    export(model, args)
-
-    # ---- Evaluate what is served (the TFLite file) --------------------------------------------
+    # ---- Report on the validation split, with the TFLite file as served ------------------------
     served = MaskClassifier(args.out)
+    val_faces = FaceSet(val_samples, desc="val images")
+    val_x = to_model_input(val_faces.crops(recipe.size, recipe.margin))
     probs = served.predict_proba(val_x)
-    keras_probs = model.predict(val_x[:64], verbose=0)
-    metrics = evaluate_predictions(val_y, probs.argmax(1), val_faces)
+    predictions = served.decide(probs)
+    metrics = evaluate_predictions(val_faces.labels, predictions, val_faces)
     metrics.update({
-        "command": "python -m training.train " + " ".join(sys.argv[1:] if argv is None else argv),
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
-                   if k not in ("data", "weights", "out")},
-        "split": {"train": _counts(train_samples), "val": _counts(val_samples)},
-        "history": {k: [float(v) for v in vals] for k, vals in history.items()},
-        "head_epochs": args.head_epochs,
-        "best_epoch": best_epoch,
-        "tflite_vs_keras_max_abs_diff": float(np.abs(probs[:64] - keras_probs).max()),
+        "command": command,
+        "recipe": recipe.as_dict(),
+        "datasets": args.datasets,
+        "serving": decisions,
+        "cv_dir": str(cv_dir),
+        "cv": {k: cv[k] for k in ("faces", "fold_seconds", "epoch_curve", "variants")},
+        "compare": {str(p): json.loads((p / "cv.json").read_text()) for p in args.compare
+                    if (p / "cv.json").exists()},
+        "val_calibration": {"ece": expected_calibration_error(probs, val_faces.labels),
+                            "reliability": reliability(probs, val_faces.labels)},
+        "split": {"dev": _counts(dev_samples), "val": _counts(val_samples)},
+        "history": history,
+        "tflite_vs_keras_max_abs_diff": _tflite_vs_keras(served, model, val_x[:64]),
         "train_seconds": round(time.time() - started, 1),
         "versions": {"keras": keras.__version__, "tensorflow": _tf_version(), "numpy": np.__version__},
     })
@@ -174,11 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _limit(samples: list, n: int) -> list:
-    by_source: dict[str, list] = {}
-    for s in samples:
-        by_source.setdefault(s.source, []).append(s)
-    return [s for group in by_source.values() for s in group[:n]]
+def _recipe_hash(config: dict) -> str:
+    key = {k: config[k] for k in ("recipe", "folds", "datasets", "limit_images")}
+    return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def _counts(samples) -> dict[str, dict[str, int]]:
@@ -190,98 +158,9 @@ def _tf_version() -> str:
     return tf.__version__
 
 
-def _class_weights(labels: np.ndarray) -> dict[int, float]:
-    """Inverse class frequency, normalised so the mean weight per face is 1."""
-    counts = np.bincount(labels, minlength=len(LABELS)).astype(float)
-    present = counts > 0
-    weights = np.where(present, len(labels) / (present.sum() * np.maximum(counts, 1)), 0.0)
-    return {i: float(w) for i, w in enumerate(weights)}
-
-
-class TrainBatches(keras.utils.PyDataset):
-    """Augmented batches; with ``--balance sampling`` every class is drawn equally often.
-
-    Each (epoch, batch) has its own random generator, so a run is reproducible for a seed.
-    """
-
-    def __init__(self, faces: FaceSet, args: argparse.Namespace) -> None:
-        super().__init__()
-        self.faces, self.args = faces, args
-        self.steps = args.steps_per_epoch or int(np.ceil(len(faces) / args.batch_size))
-        self.epoch = 0
-        self.by_class = [np.flatnonzero(faces.labels == c) for c in range(len(LABELS))]
-        self._order = self._draw()
-
-    def _draw(self) -> np.ndarray:
-        rng = np.random.default_rng((self.args.seed, self.epoch))
-        n = self.steps * self.args.batch_size
-        if self.args.balance == "sampling":
-            classes = [c for c in self.by_class if len(c)]
-            picks = rng.integers(0, len(classes), n)
-            return np.array([classes[k][rng.integers(0, len(classes[k]))] for k in picks])
-        return rng.choice(len(self.faces), n, replace=n > len(self.faces))
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        idx = self._order[i * self.args.batch_size:(i + 1) * self.args.batch_size]
-        rng = np.random.default_rng((self.args.seed, self.epoch, i))
-        x = augmented_batch(self.faces, idx, self.args.size, self.args.margin, rng)
-        return x, self.faces.labels[idx]
-
-    def on_epoch_end(self) -> None:
-        self.epoch += 1
-        self._order = self._draw()
-
-
-class ValidationScore(keras.callbacks.Callback):
-    """Adds val_macro_f1 (all validation faces pooled), val_kaggle_f1, val_incorrect_recall and
-    val_loss to the logs, so early stopping selects on what the acceptance criteria measure."""
-
-    def __init__(self, val_x: np.ndarray, val_y: np.ndarray, sources: np.ndarray) -> None:
-        super().__init__()
-        self.val_x, self.val_y, self.sources = val_x, val_y, sources
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        y = self.val_y
-        probs = self.model.predict(self.val_x, batch_size=128, verbose=0)
-        pred = probs.argmax(1)
-        kaggle = self.sources == KAGGLE
-        incorrect = y == LABELS.index(MASK_INCORRECT)
-        values = {
-            "val_loss": float(-np.mean(np.log(probs[np.arange(len(y)), y] + 1e-7))),
-            "val_macro_f1": macro_f1(y, pred),
-            "val_kaggle_f1": macro_f1(y[kaggle], pred[kaggle]) if kaggle.any() else 0.0,
-            "val_incorrect_recall": float((pred[incorrect] == y[incorrect]).mean())
-            if incorrect.any() else 0.0,
-        }
-        if logs is not None:
-            logs.update(values)
-        print("  " + "  ".join(f"{k} {v:.4f}" for k, v in values.items()), flush=True)
-
-
-def export(model: keras.Model, args: argparse.Namespace) -> None:
-    """Write the .keras file (weights and architecture, no optimizer state), the fp32 TFLite
-    file and labels.json, the preprocessing contract the server reads."""
-    with tempfile.TemporaryDirectory() as tmp:
-        # A compiled model saves its optimizer state too; reloading without compiling drops it.
-        model.save(Path(tmp) / KERAS_FILE)
-        clean = keras.saving.load_model(Path(tmp) / KERAS_FILE, compile=False)
-    clean.save(args.out / KERAS_FILE)
-    clean.export(str(args.out / MODEL_FILE), format="litert", verbose=False)
-    contract = {
-        "labels": list(LABELS),
-        "input_size": args.size,
-        "crop_margin": args.margin,
-        "crop": "square around the face box, side = longer box side * (1 + 2 * crop_margin); "
-                "outside the image the edge repeats (webapp/vision/crop.py)",
-        "color": "RGB",
-        "scaling": "x / 127.5 - 1 (float32 in [-1, 1])",
-        "alpha": args.alpha,
-        "architecture": "MobileNetV2 (ImageNet) + global average pooling + dropout + dense softmax",
-    }
-    (args.out / LABELS_FILE).write_text(json.dumps(contract, indent=2) + "\n")
+def _tflite_vs_keras(served: MaskClassifier, model: keras.Model, x: np.ndarray) -> float:
+    """Largest difference between the raw TFLite and Keras probabilities (export fidelity)."""
+    return float(np.abs(served.raw_proba(x) - model.predict(x, verbose=0)).max())
 
 
 def evaluate_predictions(y_true: np.ndarray, y_pred: np.ndarray, faces: FaceSet) -> dict:

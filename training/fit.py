@@ -1,0 +1,217 @@
+"""One classifier recipe, trained the same way by ``training.train`` (the shipped model) and by
+``training.crossval`` (model selection), so what cross-validation chose is what ships.
+
+A recipe trains for a *fixed* number of epochs: the epoch count is chosen from the
+cross-validation curves, never by early stopping on the faces that are then reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Callable
+
+import keras
+import numpy as np
+
+from training.faces import FaceSet, augmented_batch
+from webapp.vision.classifier import LABELS_FILE, MODEL_FILE
+from webapp.vision.crop import DEFAULT_MARGIN
+from webapp.vision.labels import LABELS
+
+KERAS_FILE = "mask_classifier.keras"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that decides the trained weights, given the training faces and the seed."""
+
+    alpha: float = 0.35
+    size: int = 160
+    margin: float = DEFAULT_MARGIN
+    balance: str = "class_weight"  # or "sampling" or "none"
+    label_smoothing: float = 0.0
+    occlusion: float = 0.0  # probability of a synthetic hand over the mouth of an unmasked face
+    head_epochs: int = 4
+    finetune_epochs: int = 8
+    finetune_layers: int = 100
+    head_lr: float = 1e-3
+    finetune_lr: float = 1e-4
+    batch_size: int = 64
+    seed: int = 1234
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """One command-line flag per field (``--label-smoothing``...), defaulting to the recipe."""
+        default = cls()
+        choices = {"alpha": (0.35, 0.5, 0.75, 1.0, 1.3, 1.4), "balance": ("class_weight", "sampling", "none")}
+        for f in fields(cls):
+            parser.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(default, f.name)),
+                                default=getattr(default, f.name), choices=choices.get(f.name))
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "Recipe":
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def install_offline_weights(weights_dir: Path | None) -> None:
+    """Copy Keras' backbone files into ``$KERAS_HOME/models`` so ``weights="imagenet"`` works offline."""
+    if weights_dir is None:
+        return
+    weights_dir = Path(weights_dir)
+    if not weights_dir.is_dir():
+        raise SystemExit(f"weights folder not found: {weights_dir}")
+    cache = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
+    cache.mkdir(parents=True, exist_ok=True)
+    for f in weights_dir.glob("*.h5"):
+        if not (cache / f.name).exists():
+            shutil.copy2(f, cache / f.name)
+
+
+def build_classifier(recipe: Recipe) -> tuple[keras.Model, keras.Model]:
+    """MobileNetV2 (ImageNet) + pooling + dropout + softmax; returns (model, backbone)."""
+    # The backbone is built shape-agnostic: Keras then loads its ImageNet weights for 224 px
+    # (the files shipped offline) and the convolutional weights apply at any input size.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Weights for input shape \\(224, 224\\)")
+        backbone = keras.applications.MobileNetV2(input_shape=(None, None, 3), alpha=recipe.alpha,
+                                                  include_top=False, weights="imagenet")
+    inputs = keras.Input((recipe.size, recipe.size, 3), name="face")
+    x = backbone(inputs, training=False)  # BatchNorm stays in inference mode in both phases
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dropout(0.3)(x)
+    outputs = keras.layers.Dense(len(LABELS), activation="softmax", name="mask_class")(x)
+    return keras.Model(inputs, outputs, name="mask_classifier"), backbone
+
+
+EpochHook = Callable[[int, keras.Model], dict[str, float]]
+
+
+def fit_classifier(faces: FaceSet, recipe: Recipe, on_epoch: EpochHook | None = None
+                   ) -> tuple[keras.Model, dict[str, list[float]]]:
+    """Train a new classifier on ``faces``: the head first, then the top of the backbone.
+
+    ``on_epoch(epoch, model)`` may return extra numbers to log per epoch (cross-validation
+    scores its held-out fold with it); they never steer training.
+    """
+    keras.utils.set_random_seed(recipe.seed)
+    model, backbone = build_classifier(recipe)
+    batches = TrainBatches(faces, recipe)
+    class_weight = class_weights(faces.labels) if recipe.balance == "class_weight" else None
+    callbacks = [EpochScores(on_epoch)] if on_epoch else []
+
+    def compile_(lr: float) -> None:
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing)
+        model.compile(keras.optimizers.Adam(lr), loss, metrics=["accuracy"])
+
+    backbone.trainable = False
+    compile_(recipe.head_lr)
+    head = model.fit(batches, epochs=recipe.head_epochs, class_weight=class_weight, callbacks=callbacks,
+                     verbose=2)
+
+    backbone.trainable = True
+    for layer in backbone.layers[:-recipe.finetune_layers]:
+        layer.trainable = False
+    for layer in backbone.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+    compile_(recipe.finetune_lr)
+    fine = model.fit(batches, epochs=recipe.head_epochs + recipe.finetune_epochs,
+                     initial_epoch=recipe.head_epochs, class_weight=class_weight, callbacks=callbacks,
+                     verbose=2)
+    history = {k: [float(v) for v in head.history.get(k, []) + fine.history.get(k, [])]
+               for k in fine.history}
+    return model, history
+
+
+def class_weights(labels: np.ndarray) -> dict[int, float]:
+    """Inverse class frequency, normalised so the mean weight per face is 1."""
+    counts = np.bincount(labels, minlength=len(LABELS)).astype(float)
+    present = counts > 0
+    weights = np.where(present, len(labels) / (present.sum() * np.maximum(counts, 1)), 0.0)
+    return {i: float(w) for i, w in enumerate(weights)}
+
+
+class TrainBatches(keras.utils.PyDataset):
+    """Augmented batches with one-hot targets; with ``balance="sampling"`` every class is drawn
+    equally often. Each (epoch, batch) has its own random generator, so a run is reproducible."""
+
+    def __init__(self, faces: FaceSet, recipe: Recipe) -> None:
+        super().__init__()
+        self.faces, self.recipe = faces, recipe
+        self.labels = faces.labels
+        self.steps = int(np.ceil(len(faces) / recipe.batch_size))
+        self.epoch = 0
+        self.by_class = [np.flatnonzero(self.labels == c) for c in range(len(LABELS))]
+        self._order = self._draw()
+
+    def _draw(self) -> np.ndarray:
+        rng = np.random.default_rng((self.recipe.seed, self.epoch))
+        n = self.steps * self.recipe.batch_size
+        if self.recipe.balance == "sampling":
+            classes = [c for c in self.by_class if len(c)]
+            picks = rng.integers(0, len(classes), n)
+            return np.array([classes[k][rng.integers(0, len(classes[k]))] for k in picks])
+        return rng.choice(len(self.faces), n, replace=n > len(self.faces))
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        r = self.recipe
+        idx = self._order[i * r.batch_size:(i + 1) * r.batch_size]
+        rng = np.random.default_rng((r.seed, self.epoch, i))
+        x = augmented_batch(self.faces, idx, r.size, r.margin, rng, occlusion=r.occlusion)
+        return x, np.eye(len(LABELS), dtype=np.float32)[self.labels[idx]]
+
+    def on_epoch_end(self) -> None:
+        self.epoch += 1
+        self._order = self._draw()
+
+
+class EpochScores(keras.callbacks.Callback):
+    """Adds the hook's numbers to the epoch logs (and so to the history)."""
+
+    def __init__(self, hook: EpochHook) -> None:
+        super().__init__()
+        self.hook = hook
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        values = self.hook(epoch, self.model)
+        if logs is not None:
+            logs.update(values)
+        print("  " + "  ".join(f"{k} {v:.4f}" for k, v in values.items()), flush=True)
+
+
+def export_classifier(model: keras.Model, recipe: Recipe, out: Path, calibration: dict | None = None) -> None:
+    """Write the .keras file (no optimizer state), the fp32 TFLite file and labels.json, the
+    preprocessing and decision contract the server reads."""
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        # A compiled model saves its optimizer state too; reloading without compiling drops it.
+        model.save(Path(tmp) / KERAS_FILE)
+        clean = keras.saving.load_model(Path(tmp) / KERAS_FILE, compile=False)
+    clean.save(out / KERAS_FILE)
+    clean.export(str(out / MODEL_FILE), format="litert", verbose=False)
+    contract = {
+        "labels": list(LABELS),
+        "input_size": recipe.size,
+        "crop_margin": recipe.margin,
+        "crop": "square around the face box, side = longer box side * (1 + 2 * crop_margin); "
+                "outside the image the edge repeats (webapp/vision/crop.py)",
+        "color": "RGB",
+        "scaling": "x / 127.5 - 1 (float32 in [-1, 1])",
+        "alpha": recipe.alpha,
+        "architecture": "MobileNetV2 (ImageNet) + global average pooling + dropout + dense softmax",
+        **(calibration or {}),
+    }
+    (out / LABELS_FILE).write_text(json.dumps(contract, indent=2) + "\n")
