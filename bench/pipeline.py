@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_baseline:
         import keras
 
-        from training.train import install_offline_weights
+        from training.fit import install_offline_weights
         install_offline_weights(settings.weights_dir)  # the baseline's ImageNet backbone, offline
         configs[base] = seed_style(keras)
 

@@ -40,7 +40,7 @@ def weights_dir(settings: Settings) -> Path:
     if settings.weights_dir is None or not Path(settings.weights_dir).is_dir():
         pytest.skip("MobileNetV2 ImageNet weights not found; set MASKWATCH_WEIGHTS "
                     "(CI uses ../shared/weights/keras)")
-    from training.train import install_offline_weights
+    from training.fit import install_offline_weights
     install_offline_weights(settings.weights_dir)
     return settings.weights_dir
 

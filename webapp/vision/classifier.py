@@ -1,8 +1,10 @@
 """Serving side of the mask classifier: the fp32 TFLite file run by LiteRT, no TensorFlow.
 
-``labels.json`` next to the model is the preprocessing contract written at training time
-(label order, input size, crop margin, scaling); the pipeline reads crop parameters from
-here so a retrained model with another input size needs no code change.
+``labels.json`` next to the model is the contract written at training time: preprocessing
+(label order, input size, crop margin, scaling) and the decisions chosen on out-of-fold
+predictions (``training.crossval``): the temperature that makes ``score`` a calibrated
+probability, whether a face is also read mirrored, per-class decision offsets, and the
+probability below which a face is "unsure". A retrained model needs no code change.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ class ModelFilesError(RuntimeError):
 @dataclass(frozen=True)
 class Prediction:
     label: str
-    score: float  # probability of ``label``
-    probs: tuple[float, ...]  # in ``MaskClassifier.labels`` order
+    score: float  # calibrated probability of ``label``
+    probs: tuple[float, ...]  # calibrated, in ``MaskClassifier.labels`` order
+    unsure: bool = False  # score below the model's unsure threshold: not counted, drawn grey
 
 
 def read_contract(model_dir: Path) -> dict[str, Any]:
@@ -65,6 +68,13 @@ class MaskClassifier:
         self.labels: tuple[str, ...] = tuple(self.contract["labels"])
         self.input_size: int = int(self.contract["input_size"])
         self.margin: float = float(self.contract["crop_margin"])
+        # Models trained before calibration have none of these keys: plain argmax, never unsure.
+        self.temperature = float(self.contract.get("temperature", 1.0))
+        self.flip_average = bool(self.contract.get("flip_average", False))
+        self.offsets = np.asarray(self.contract.get("decision_offsets", [0.0] * len(self.labels)), np.float64)
+        self.unsure_below = float(self.contract.get("unsure_below", 0.0))
+        if self.temperature <= 0 or self.offsets.shape != (len(self.labels),):
+            raise ModelFilesError(f"{self.model_dir / LABELS_FILE}: bad temperature or decision_offsets")
         self.model_path = self.model_dir / MODEL_FILE
         if not self.model_path.is_file():
             raise ModelFilesError(f"missing {self.model_path}")
@@ -81,8 +91,8 @@ class MaskClassifier:
             self._interpreter.allocate_tensors()
         self._lock = threading.Lock()
 
-    def predict_proba(self, crops: np.ndarray) -> np.ndarray:
-        """Class probabilities, shape (N, len(labels))."""
+    def raw_proba(self, crops: np.ndarray) -> np.ndarray:
+        """The network's own softmax output, shape (N, len(labels))."""
         size = self.input_size
         if crops.ndim != 4 or crops.shape[1:] != (size, size, 3):
             raise ValueError(f"expected crops of shape (N, {size}, {size}, 3), got {crops.shape}")
@@ -97,9 +107,23 @@ class MaskClassifier:
                 out[i] = self._interpreter.get_tensor(self._output["index"])[0]
         return out
 
+    def predict_proba(self, crops: np.ndarray) -> np.ndarray:
+        """Calibrated class probabilities, shape (N, len(labels)): the mirrored crop averaged in
+        where the contract says so, then softmax(log p / temperature)."""
+        probs = self.raw_proba(crops)
+        if self.flip_average:
+            probs = (probs + self.raw_proba(np.ascontiguousarray(crops[:, :, ::-1]))) / 2
+        if self.temperature == 1.0:
+            return probs
+        z = np.log(np.clip(probs, 1e-7, 1.0)) / self.temperature
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+    def decide(self, probs: np.ndarray) -> np.ndarray:
+        """Label index per row: argmax of log-probabilities plus the contract's class offsets."""
+        return (np.log(np.clip(probs, 1e-7, 1.0)) + self.offsets).argmax(axis=1)
+
     def classify(self, crops: np.ndarray) -> list[Prediction]:
         probs = self.predict_proba(crops)
-        best = probs.argmax(axis=1)
-        return [Prediction(self.labels[i], float(p[i]), tuple(float(v) for v in p))
-                for i, p in zip(best, probs)]
-
+        return [Prediction(self.labels[i], float(p[i]), tuple(float(v) for v in p), bool(p[i] < self.unsure_below))
+                for i, p in zip(self.decide(probs), probs)]
