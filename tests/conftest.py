@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 
 import cv2
@@ -146,3 +148,16 @@ def live_server(tmp_path_factory):
     server = LiveServer(env={"MASKWATCH_WORKERS": "2", "MASKWATCH_HISTORY_PATH": str(history)}).wait_ready()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def unsure_model(model_dir, tmp_path_factory):
+    """A copy of the shipped model that calls every face unsure."""
+    folder = tmp_path_factory.mktemp("unsure-model")
+    for f in model_dir.iterdir():
+        if f.is_file():
+            shutil.copy(f, folder / f.name)
+    contract = json.loads((folder / "labels.json").read_text())
+    contract["unsure_below"] = 1.01  # above every probability: every face is unsure
+    (folder / "labels.json").write_text(json.dumps(contract))
+    return folder

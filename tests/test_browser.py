@@ -138,3 +138,34 @@ def test_insecure_origin_message(browser, live_server, tmp_path, data_dir):
         assert not page.evaluate("window.maskwatch.streaming")
     finally:
         chromium.close()
+
+
+def test_unsure_faces_are_drawn_grey(browser, unsure_model, data_dir, tmp_path):
+    """With a model that is unsure of every face, the overlay holds grey boxes and no class colour."""
+    server = LiveServer(env={"MASKWATCH_MODEL": str(unsure_model), "MASKWATCH_WORKERS": "1",
+                             "MASKWATCH_HISTORY_PATH": str(tmp_path / "h.db")}).wait_ready()
+    video = tmp_path / "faces.y4m"
+    write_y4m(video, compose_frames(data_dir, 3, 4, seed=7))
+    chromium = launch(browser, video)
+    try:
+        page = chromium.new_page(viewport={"width": 1100, "height": 900})
+        page.goto(server.url.replace("127.0.0.1", "localhost") + "/")
+        page.click("#start")
+        page.wait_for_function("() => window.maskwatch.boxesDrawn > 0", timeout=60_000)
+        assert all(f["unsure"] for f in page.evaluate("window.maskwatch.lastDetections.faces"))
+        grey, coloured = page.evaluate("""() => {
+            const c = document.getElementById('overlay');
+            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            let grey = 0, coloured = 0;
+            for (let i = 0; i < d.length; i += 4) {
+              if (d[i + 3] < 250) continue;  // anti-aliased edges blend with the transparent canvas
+              const [r, g, b] = [d[i], d[i + 1], d[i + 2]];
+              if (Math.max(r, g, b) - Math.min(r, g, b) < 12 && r > 120) grey++;
+              else if (Math.max(r, g, b) - Math.min(r, g, b) > 60) coloured++;
+            }
+            return [grey, coloured]; }""")
+        page.screenshot(path=str(tmp_path / "unsure.png"))
+        assert grey > 300 and coloured == 0
+    finally:
+        chromium.close()
+        server.stop()

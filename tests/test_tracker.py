@@ -87,3 +87,29 @@ def test_confirmation_is_reported_once():
         _, _, new = tracker.update([(10 + i, 10, 70 + i, 70)], ["without_mask"], [0.9], now=i / FPS)
         confirmed += new
     assert len(confirmed) == 1 and confirmed[0].label == "without_mask"
+
+
+def test_a_track_that_is_never_sure_is_never_a_person():
+    """A head turned away for its whole visit: tracked (ids) but never counted or alerted."""
+    tracker = FaceTracker(min_frames=3)
+    confirmed = []
+    for i, (x, y) in enumerate(walk((0, 100), (500, 100), 20)):
+        ids, ended, new = tracker.update([(x, y, x + 60, y + 60)], ["without_mask"], [0.97], now=i / FPS,
+                                         unsure=[True])
+        assert ids[0] > 0 and not ended
+        confirmed += new
+    assert confirmed == [] and tracker.flush() == []
+
+
+def test_unsure_frames_do_not_vote_and_one_sure_frame_decides():
+    tracker = FaceTracker(min_frames=3)
+    path = walk((0, 100), (500, 100), 10)
+    confirmed_at = []
+    for i, (x, y) in enumerate(path):
+        sure = i == 6  # one confident with_mask frame among confident-looking "no mask" guesses
+        label, score = ("with_mask", 0.8) if sure else ("without_mask", 0.99)
+        _, _, new = tracker.update([(x, y, x + 60, y + 60)], [label], [score], now=i / FPS, unsure=[not sure])
+        confirmed_at += [i for _ in new]
+    assert confirmed_at == [6]  # a person (and a possible alert) only once a frame was sure
+    people = tracker.flush()
+    assert [(p.label, p.frames) for p in people] == [("with_mask", 10)]

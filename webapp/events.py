@@ -140,12 +140,14 @@ class InferenceService:
             if tracker is None:
                 tracker = self._trackers[sid] = FaceTracker(self.settings.track_min_frames,
                                                             self.settings.track_max_gap_s)
-            ids, ended, confirmed = tracker.update([f.box for f in result.faces], [f.label for f in result.faces],
-                                                   [f.score for f in result.faces], now)
+            faces = result.faces
+            ids, ended, confirmed = tracker.update([f.box for f in faces], [f.label for f in faces],
+                                                   [f.score for f in faces], now, [f.unsure for f in faces])
         for person in ended:
             self._count_person(camera, person.label)
         for face in result.faces:
-            self.history.add("detections", camera, face.label, ts=now)
+            if not face.unsure:
+                self.history.add("detections", camera, face.label, ts=now)
         if self.settings.alerts != "off":
             for track in confirmed:
                 if track.label != WITH_MASK and not track.alerted:
@@ -181,7 +183,8 @@ class InferenceService:
                 for face, track_id in zip(payload["faces"], ids):
                     face["track"] = track_id
                 self.socketio.emit("detections", payload, to=sid, namespace="/")
-                self.stats.record(sid, pending.camera, [f.label for f in result.faces], result.ms["total"])
+                self.stats.record(sid, pending.camera, [f.label for f in result.faces if not f.unsure],
+                                  result.ms["total"])
             except FrameError as exc:
                 self.socketio.emit("frame_error", error_payload(pending.seq, exc.code, exc.message),
                                    to=sid, namespace="/")

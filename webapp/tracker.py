@@ -9,9 +9,11 @@ greedy matching on IoU of constant-velocity-predicted boxes (with a centre-dista
 for low frame rates), as in SORT without the Kalman filter, is enough - and is tested on
 crossing, leaving and returning faces.
 
-A person's label is a confidence-weighted vote over the frames of their track; a track
-becomes a *person* only after ``min_frames`` detections (one bad frame is not a person) and
-is counted once, when it ends.
+A person's label is a confidence-weighted vote over the *confident* frames of their track;
+a track becomes a *person* only after ``min_frames`` detections (one bad frame is not a
+person) of which at least one was confident, and is counted once, when it ends. A track whose
+every frame is unsure (a head turned away, a blurred profile) is never a person: it changes no
+count, no compliance and raises no alert.
 """
 
 from __future__ import annotations
@@ -37,11 +39,21 @@ class Track:
     velocity: np.ndarray = field(default_factory=lambda: np.zeros(4))  # px per second
     hits: int = 1
     votes: dict[str, float] = field(default_factory=lambda: {label: 0.0 for label in LABELS})
+    confident: int = 0  # frames whose classification was sure enough to vote
     alerted: bool = False
 
     @property
     def label(self) -> str:
         return max(self.votes, key=self.votes.get)
+
+    @property
+    def is_person(self) -> bool:
+        return self.confident > 0
+
+    def vote(self, label: str, score: float, unsure: bool) -> None:
+        if not unsure:
+            self.votes[label] += score
+            self.confident += 1
 
     def predict(self, now: float) -> np.ndarray:
         return self.box + self.velocity * min(now - self.last_seen, 1.0)
@@ -70,13 +82,14 @@ class FaceTracker:
         self.tracks: list[Track] = []
         self._ids = itertools.count(1)
 
-    def update(self, boxes: Sequence[Box], labels: Sequence[str], scores: Sequence[float], now: float
-               ) -> tuple[list[int], list[Person], list[Track]]:
-        """Assign detections to tracks.
+    def update(self, boxes: Sequence[Box], labels: Sequence[str], scores: Sequence[float], now: float,
+               unsure: Sequence[bool] | None = None) -> tuple[list[int], list[Person], list[Track]]:
+        """Assign detections to tracks; ``unsure`` detections extend tracks but do not vote.
 
         Returns the track id of each detection, the people whose tracks ended now, and the
         tracks that just became confirmed people (for alerts).
         """
+        unsure = [False] * len(boxes) if unsure is None else list(unsure)
         dets = np.array(boxes, np.float64).reshape(-1, 4)
         ids = [0] * len(dets)
         predicted = np.array([t.predict(now) for t in self.tracks]).reshape(-1, 4)
@@ -89,9 +102,10 @@ class FaceTracker:
             new_box = dets[di]
             track.velocity = 0.5 * track.velocity + 0.5 * (new_box - track.box) / dt
             track.box, track.last_seen = new_box, now
+            was_person = self._confirmed(track)
             track.hits += 1
-            track.votes[labels[di]] += float(scores[di])
-            if track.hits == self.min_frames:
+            track.vote(labels[di], float(scores[di]), unsure[di])
+            if self._confirmed(track) and not was_person:
                 confirmed_now.append(track)
             ids[di] = track.id
             matched_tracks.add(ti)
@@ -99,20 +113,23 @@ class FaceTracker:
         for di in range(len(dets)):
             if di not in matched_dets:
                 track = Track(next(self._ids), dets[di], now, now)
-                track.votes[labels[di]] += float(scores[di])
+                track.vote(labels[di], float(scores[di]), unsure[di])
                 self.tracks.append(track)
                 ids[di] = track.id
-                if self.min_frames <= 1:
+                if self._confirmed(track):
                     confirmed_now.append(track)
         ended = [t for t in self.tracks if now - t.last_seen > self.max_gap_s]
         self.tracks = [t for t in self.tracks if now - t.last_seen <= self.max_gap_s]
-        return ids, [self._person(t) for t in ended if t.hits >= self.min_frames], confirmed_now
+        return ids, [self._person(t) for t in ended if self._confirmed(t)], confirmed_now
 
     def flush(self) -> list[Person]:
         """End every track (camera gone): the people still in view are counted."""
-        people = [self._person(t) for t in self.tracks if t.hits >= self.min_frames]
+        people = [self._person(t) for t in self.tracks if self._confirmed(t)]
         self.tracks = []
         return people
+
+    def _confirmed(self, track: Track) -> bool:
+        return track.hits >= self.min_frames and track.is_person
 
     @staticmethod
     def _person(t: Track) -> Person:

@@ -6,6 +6,7 @@
 
   const COLOURS = { with_mask: "#4caf50", mask_incorrect: "#ffa000", without_mask: "#e53935" };
   const NAMES = { with_mask: "mask", mask_incorrect: "incorrect", without_mask: "no mask" };
+  const UNSURE_COLOUR = "#9e9e9e";
   const SEND_WIDTH = 640;
   const JPEG_QUALITY = 0.7;
   const ANSWER_TIMEOUT_MS = 5000;
@@ -139,11 +140,12 @@
     for (const face of msg.faces) {
       const [x0, y0, x1, y1] = face.box;
       const x = ox + x0 * scale, y = oy + y0 * scale, w = (x1 - x0) * scale, h = (y1 - y0) * scale;
-      const colour = COLOURS[face.label] || "#fff";
+      // An unsure face (calibrated score below the model's threshold) is grey and not counted.
+      const colour = face.unsure ? UNSURE_COLOUR : COLOURS[face.label] || "#fff";
       ctx.lineWidth = 3;
       ctx.strokeStyle = colour;
       ctx.strokeRect(x, y, w, h);
-      const text = `${NAMES[face.label] || face.label} ${Math.round(face.score * 100)}%`;
+      const text = face.unsure ? "unsure" : `${NAMES[face.label] || face.label} ${Math.round(face.score * 100)}%`;
       const tw = ctx.measureText(text).width + 8;
       const ty = y > 20 ? y : y + h + 20;
       ctx.fillStyle = colour;

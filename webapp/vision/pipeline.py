@@ -63,6 +63,7 @@ class Face:
     label: str
     score: float
     detector_score: float = 0.0
+    unsure: bool = False  # calibrated score below the model's threshold: shown grey, not counted
 
 
 @dataclass(frozen=True)
@@ -75,13 +76,14 @@ class FrameResult:
     def to_dict(self) -> dict:
         """The JSON shape of the contract (boxes rounded to 0.1 px, scores to 4 digits).
 
-        ``score`` is the classifier's probability of ``label``, ``det_score`` the face detector's
-        confidence; AP ranks detections by ``score * det_score`` (``training.evaluate``).
+        ``score`` is the classifier's calibrated probability of ``label``, ``det_score`` the face
+        detector's confidence; AP ranks detections by ``score * det_score`` (``training.evaluate``).
+        ``unsure`` faces are below the model's confidence threshold and are never counted.
         """
         return {
             "width": self.width, "height": self.height,
             "faces": [{"box": [round(v, 1) for v in f.box], "label": f.label, "score": round(f.score, 4),
-                       "det_score": round(f.detector_score, 4)}
+                       "det_score": round(f.detector_score, 4), "unsure": f.unsure}
                       for f in self.faces],
             "ms": {k: round(v, 2) for k, v in self.ms.items()},
         }
@@ -186,7 +188,7 @@ class Pipeline:
                            self.classifier.margin)
         predictions = self.classifier.classify(crops)
         t_end = time.perf_counter()
-        faces = [Face(d.box, p.label, p.score, d.score) for d, p in zip(detections, predictions)]
+        faces = [Face(d.box, p.label, p.score, d.score, p.unsure) for d, p in zip(detections, predictions)]
         ms = {"decode": (t_start - t0) * 1000, "detect": (t_detect - t_start) * 1000,
               "classify": (t_end - t_detect) * 1000, "total": (t_end - t0) * 1000}
         return FrameResult(image.shape[1], image.shape[0], faces, ms)
