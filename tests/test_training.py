@@ -14,15 +14,18 @@ from webapp.vision.labels import LABELS
 @pytest.mark.slow
 def test_tiny_training_run_produces_loadable_artifacts(data_dir, weights_dir, tmp_path):
     out = tmp_path / "model"
-    rc = train.main(["--data", str(data_dir), "--out", str(out), "--limit-images", "8",
-                     "--head-epochs", "1", "--finetune-epochs", "1", "--steps-per-epoch", "2",
-                     "--batch-size", "8", "--size", "96"])
-    assert rc == 0
+    cv = tmp_path / "cv"
+    args = ["--data", str(data_dir), "--out", str(out), "--cv", str(cv), "--folds", "2", "--limit-images", "6",
+            "--head-epochs", "1", "--finetune-epochs", "1", "--batch-size", "16", "--size", "96"]
+    assert train.main(args) == 0
     for name in ("mask_classifier.keras", "mask_classifier.tflite", "labels.json", "metrics.json",
-                 "MODEL_CARD.md", "training_curves.png", "confusion_matrix.png"):
+                 "MODEL_CARD.md", "training_curves.png", "confusion_matrix.png", "reliability.png"):
         assert (out / name).stat().st_size > 0, name
+    assert {p.name for p in cv.iterdir()} >= {"fold0.npz", "fold1.npz", "cv.json", "config.json"}
     contract = json.loads((out / "labels.json").read_text())
     assert contract["labels"] == list(LABELS) and contract["input_size"] == 96
+    assert contract["temperature"] > 0 and len(contract["decision_offsets"]) == 3
+    assert 0 < contract["unsure_below"] < 1
     served = MaskClassifier(out)
     assert len(served.classify(np.zeros((3, 96, 96, 3), np.float32))) == 3
     import keras
@@ -31,7 +34,13 @@ def test_tiny_training_run_produces_loadable_artifacts(data_dir, weights_dir, tm
     assert not keras_file_has_optimizer_state(out / "mask_classifier.keras")
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["tflite_vs_keras_max_abs_diff"] <= 1e-4
-    assert "python -m training.train" in (out / "MODEL_CARD.md").read_text()
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "python -m training.train" in card and "2-fold cross-validation" in card
+    # A second run reuses the finished folds; another recipe in the same folder is refused.
+    folds_before = (cv / "fold0.npz").stat().st_mtime_ns
+    assert train.main(args) == 0 and (cv / "fold0.npz").stat().st_mtime_ns == folds_before
+    with pytest.raises(SystemExit, match="another recipe"):
+        train.main(args + ["--label-smoothing", "0.1"])
 
 
 def keras_file_has_optimizer_state(path) -> bool:

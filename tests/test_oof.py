@@ -1,0 +1,115 @@
+"""Cross-validation bookkeeping on synthetic predictions: folds, calibration, decisions, intervals."""
+
+import numpy as np
+import pytest
+
+from training.datasets import Face, Sample, assign_folds
+from training.metrics import classifier_section
+from training.oof import (
+    OutOfFold,
+    acceptance_numbers,
+    choose_offsets,
+    cross_fit,
+    decide,
+    expected_calibration_error,
+    fit_temperature,
+    summarise,
+    with_temperature,
+)
+from webapp.vision.labels import LABELS
+
+
+def sample(source, group, *labels):
+    return Sample(source, None, group, 100, 100, tuple(Face((0, 0, 10, 10), lab) for lab in labels))
+
+
+def test_folds_keep_groups_together_and_spread_the_rare_class():
+    samples = [sample("kaggle-facemask", f"g{i // 2}", "mask_incorrect" if i % 20 < 2 else "with_mask")
+               for i in range(200)]
+    folds = assign_folds(samples, 5, seed=1)
+    by_group = {}
+    for s, k in zip(samples, folds):
+        by_group.setdefault(s.group, set()).add(int(k))
+    assert all(len(ks) == 1 for ks in by_group.values())
+    rare = [int(k) for s, k in zip(samples, folds) if s.faces[0].label == "mask_incorrect"]
+    assert sorted(np.bincount(rare, minlength=5) // 2) == [2, 2, 2, 2, 2]  # 10 rare groups, 2 per fold
+    assert np.array_equal(assign_folds(samples, 5, seed=1), folds)
+    with pytest.raises(ValueError):
+        assign_folds(samples, 1)
+
+
+def synthetic(n=3000, temperature=2.5, seed=0):
+    """Labels drawn from calibrated probabilities, then sharpened by 1/temperature: overconfident."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 2.0, (n, 3))
+    calibrated = with_temperature(np.exp(logits) / np.exp(logits).sum(1, keepdims=True), 1.0)
+    labels = np.array([rng.choice(3, p=p) for p in calibrated])
+    overconfident = with_temperature(calibrated, 1 / temperature)
+    return calibrated, overconfident, labels
+
+
+def test_temperature_recovers_the_sharpening_and_lowers_the_calibration_error():
+    calibrated, overconfident, labels = synthetic()
+    t = fit_temperature(overconfident, labels)
+    assert t == pytest.approx(2.5, rel=0.15)
+    assert expected_calibration_error(calibrated, labels) < 0.04
+    assert expected_calibration_error(overconfident, labels) > 0.1
+    assert expected_calibration_error(with_temperature(overconfident, t), labels) < 0.04
+    assert np.array_equal(decide(with_temperature(overconfident, t)), decide(overconfident))  # order kept
+
+
+def oof_of(probs, labels, folds=5, source="kaggle-facemask"):
+    n = len(labels)
+    return OutOfFold(probs, probs, labels, np.full(n, source), np.array([f"g{i}" for i in range(n)]),
+                     np.full(n, 40.0), np.arange(n) % folds, [{"fold_kaggle_macro_f1": [0.5, 0.6]}] * folds,
+                     [1.0] * folds)
+
+
+def test_cross_fitting_never_uses_the_fold_it_scores():
+    _, probs, labels = synthetic(500)
+    oof = oof_of(probs, labels)
+    seen = []
+
+    def choose(p, y, s):
+        seen.append(len(p))
+        return len(p)
+
+    out = cross_fit(oof, probs, choose, lambda p, n: np.full(len(p), n))
+    assert seen == [400] * 5 and set(out) == {400}
+
+
+def test_offsets_favour_a_class_the_model_under_calls():
+    rng = np.random.default_rng(1)
+    labels = rng.choice(3, 2000, p=[0.7, 0.1, 0.2])
+    probs = np.full((2000, 3), 0.1)
+    probs[np.arange(2000), labels] = 0.6
+    probs[labels == 1, 0] = 0.65  # the rare class always loses narrowly to with_mask
+    probs /= probs.sum(1, keepdims=True)
+    offsets = choose_offsets(probs, labels, np.full(2000, "kaggle-facemask"))
+    assert offsets[1] > 0 and (decide(probs, offsets) == labels).mean() > (decide(probs) == labels).mean()
+
+
+def test_summary_has_intervals_that_contain_the_pooled_value():
+    _, probs, labels = synthetic(600)
+    summary = summarise(oof_of(probs, labels), {"recipe": {}})
+    plain = summary["variants"]["plain"]["argmax"]
+    lo, hi = plain["bootstrap95"]["kaggle_macro_f1"]
+    mean = plain["mean_std"]["kaggle_macro_f1"]["mean"]
+    assert lo < mean < hi
+    assert summary["epoch_curve"] == [0.5, 0.6]
+    assert len(plain["worst_errors"]) == 10
+
+
+def test_fast_numbers_agree_with_the_reported_sections():
+    rng = np.random.default_rng(2)
+    y, pred = rng.choice(3, 400, p=[0.7, 0.1, 0.2]), rng.choice(3, 400)
+    sources = np.where(np.arange(400) < 300, "kaggle-facemask", "maskedfacenet-maskon")
+    numbers = acceptance_numbers(y, pred, sources, np.full(400, 40.0))
+    names = np.array(LABELS)
+    kaggle = classifier_section(names[y[:300]], names[pred[:300]])
+    assert numbers["kaggle_macro_f1"] == pytest.approx(kaggle["macro_f1"])
+    assert numbers["kaggle_incorrect_recall"] == pytest.approx(kaggle["per_class"]["mask_incorrect"]["recall"])
+    assert numbers["kaggle_incorrect_precision"] == pytest.approx(kaggle["per_class"]["mask_incorrect"]["precision"])
+    maskon = classifier_section(names[y[300:]], names[pred[300:]])
+    assert numbers["maskon_accuracy"] == pytest.approx(maskon["accuracy"])
+    assert numbers["chandrika_accuracy"] is None
