@@ -41,3 +41,22 @@ def test_settings_reject_bad_values():
         Settings.load(environ={"MASKWATCH_CLASSIFIER_THREADS": "two"})
     with pytest.raises(ValueError, match="unknown setting"):
         Settings.load({"colour": "red"}, environ={})
+
+
+@pytest.mark.parametrize("word, expected", [("1", True), ("Yes", True), ("on", True), ("false", False),
+                                            ("0", False), ("OFF", False)])
+def test_boolean_settings_read_the_usual_words(word, expected):
+    assert Settings.load(environ={"MASKWATCH_NO_AUTH": word}).no_auth is expected
+
+
+@pytest.mark.parametrize("env, message", [({"MASKWATCH_NO_AUTH": "ture"}, "no_auth must be one of"),
+                                          ({"MASKWATCH_COUNTS_INTERVAL": "fast"}, "must be a number"),
+                                          ({"MASKWATCH_PORT": "5000.5"}, "must be an integer")])
+def test_typos_are_refused_not_read_as_false(env, message):
+    with pytest.raises(ValueError, match=message):
+        Settings.load(environ=env)
+
+
+def test_typed_values_pass_through():
+    s = Settings.load({"no_auth": True, "counts_interval": 1, "history_path": "~/h.db"}, environ={})
+    assert s.no_auth is True and s.counts_interval == 1.0 and s.history_path == Path("~/h.db").expanduser()

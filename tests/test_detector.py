@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from webapp.vision.detector import Detection, create_detector, ssd_anchor_centres, tile_regions, weighted_nms
+from webapp.vision.boxes import Detection, weighted_nms
+from webapp.vision.detector import create_detector, ssd_anchor_centres, tile_regions
 
 
 def test_anchor_layouts_match_the_models_outputs():

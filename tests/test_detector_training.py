@@ -91,7 +91,7 @@ def test_tiny_detector_training_run_exports_resumes_and_serves(data_dir, tmp_pat
 
 def test_threshold_matching_counts_a_second_box_on_one_face_as_false():
     from training.detector_report import _match
-    from webapp.vision.detector import iou_matrix
+    from webapp.vision.boxes import iou_matrix
 
     truth = np.array([[0, 0, 10, 10], [50, 50, 70, 70]], np.float32)
     boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [100, 100, 120, 120], [52, 50, 72, 70]], np.float32)

@@ -8,7 +8,8 @@ import pytest
 from training.datasets import KAGGLE, load_dataset, read_rgb, split_by_image
 from training.detection_metrics import RECALL_IOU
 from webapp.config import Settings
-from webapp.vision.detector import DetectorUnavailable, create_detector, iou_matrix
+from webapp.vision.boxes import iou_matrix
+from webapp.vision.detector import DetectorUnavailable, create_detector
 from webapp.vision.trained_detector import DETECTOR_CONTRACT, TrainedDetector
 
 

@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from training.metrics import SIZE_BUCKETS, size_bucket
-from webapp.vision.detector import iou_matrix
+from webapp.vision.boxes import iou_matrix
 from webapp.vision.labels import LABELS
 
 Box = tuple[float, float, float, float]

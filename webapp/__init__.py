@@ -6,6 +6,7 @@ lives in ``webapp.vision`` and is usable on its own (CLI, evaluation, benchmarks
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -13,7 +14,10 @@ from flask import Flask, request
 from flask_socketio import SocketIO
 from werkzeug.exceptions import HTTPException
 
-__version__ = "0.1.0"
+try:  # one version source: pyproject.toml, as installed
+    __version__ = version("maskwatch")
+except PackageNotFoundError:  # running from a checkout that was never installed
+    __version__ = "0+unknown"
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:

@@ -13,7 +13,7 @@ from typing import Iterator, Sequence
 import cv2
 import numpy as np
 
-from webapp.config import Settings
+from webapp.config import CHOICES, Settings
 from webapp.vision.detector import DETECTORS
 from webapp.vision.pipeline import FILE_FORMATS, FrameError, FrameResult, build_pipeline, decode_image, sniff_format
 
@@ -172,10 +172,10 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, help="port (default 5000)")
     s.add_argument("--certfile", type=Path, help="TLS certificate (browsers need https for cameras)")
     s.add_argument("--keyfile", type=Path, help="TLS private key")
-    s.add_argument("--async-mode", choices=("threading", "eventlet", "gevent"),
+    s.add_argument("--async-mode", choices=CHOICES["async_mode"],
                    help="Socket.IO server mode (default threading)")
     s.add_argument("--workers", type=int, help="inference worker threads (default: one per core)")
-    s.add_argument("--alerts", choices=("off", "visual", "sound"),
+    s.add_argument("--alerts", choices=CHOICES["alerts"],
                    help="camera page alert for people without a (correct) mask (default visual)")
     s.add_argument("--token", help="access token for pages and sockets (or MASKWATCH_TOKEN)")
     s.add_argument("--no-auth", action="store_true", default=None,

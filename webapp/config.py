@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "MASKWATCH_"
+# The allowed words of the settings that take one of a few (the CLI's choices come from here).
+CHOICES: dict[str, tuple[str, ...]] = {"alerts": ("off", "visual", "sound"),
+                                       "async_mode": ("threading", "eventlet", "gevent")}
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 def _default_model_dir() -> Path:
@@ -73,8 +78,7 @@ class Settings:
     counts_interval: float = 0.5
 
     def __post_init__(self) -> None:
-        choices = {"alerts": ("off", "visual", "sound"), "async_mode": ("threading", "eventlet", "gevent")}
-        for name, allowed in choices.items():
+        for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"setting {name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if not 0 < self.port < 65536:
@@ -114,17 +118,27 @@ def env_name(f: dataclasses.Field) -> str:
 
 
 def _coerce(cls: type, name: str, value: Any) -> Any:
-    default = next(f for f in dataclasses.fields(cls) if f.name == name)
-    kind = str(default.type)
-    if "Path" in kind:
-        return Path(value).expanduser()
-    if kind == "int":
+    """``value`` (often a string from the environment) as the field's declared type.
+
+    Booleans accept only the usual words: a typo must not silently read as ``False``.
+    """
+    kind = typing.get_type_hints(cls)[name]
+    base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)  # X | None -> X
+    if isinstance(value, base):
+        return value
+    text = str(value).strip()
+    if base is bool:
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        raise ValueError(f"setting {name} must be one of {', '.join(_TRUE + _FALSE)}, got {value!r}")
+    if base is Path:
+        return Path(text).expanduser()
+    if base in (int, float):
         try:
-            return int(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"setting {name} must be an integer, got {value!r}") from None
-    if kind == "float":
-        return float(value)
-    if kind == "bool":
-        return str(value).lower() in ("1", "true", "yes", "on")
+            return base(text)
+        except ValueError:
+            kind_name = "an integer" if base is int else "a number"
+            raise ValueError(f"setting {name} must be {kind_name}, got {value!r}") from None
     return value

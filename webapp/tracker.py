@@ -24,7 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
-from webapp.vision.detector import iou_matrix
+from webapp.vision.boxes import iou_matrix
 from webapp.vision.labels import LABELS
 
 Box = tuple[float, float, float, float]

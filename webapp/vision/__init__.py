@@ -1,1 +1,1 @@
-"""Inference core: crop, classify (and later detect). Knows nothing of Flask or sockets."""
+"""Inference core: decode, detect, crop, classify (``pipeline.py`` ties them). Knows nothing of Flask or sockets."""

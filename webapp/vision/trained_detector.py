@@ -23,7 +23,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from webapp.vision.detector import Detection, DetectorUnavailable, clip_detection, weighted_nms
+from webapp.vision.boxes import Detection, clip_detection, weighted_nms
+from webapp.vision.detector import DetectorUnavailable
 from webapp.vision.litert import load_interpreter
 
 DETECTOR_FILE = "face_detector.tflite"

@@ -1,0 +1,83 @@
+"""Scored boxes and their geometry: overlaps, weighted non-maximum suppression, clipping.
+
+Shared by the detectors, the tracker and the evaluation code, none of which should have to
+import "the detector" to compare two boxes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Detection:
+    box: tuple[float, float, float, float]  # x0, y0, x1, y1 in image pixels
+    score: float
+
+
+def overlaps(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pairwise (IoU, intersection over the smaller box) of (N, 4) and (M, 4) boxes."""
+    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x1 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y1 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    iou = inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+    ios = inter / np.maximum(np.minimum(area_a[:, None], area_b[None, :]), 1e-9)
+    return iou, ios
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of (N, 4) and (M, 4) boxes."""
+    return overlaps(a, b)[0]
+
+
+def weighted_nms(dets: list[Detection], iou: float, contained: float = 0.8) -> list[Detection]:
+    """Greedy NMS that averages each kept box with the boxes it suppresses (score-weighted).
+
+    Averaging steadies boxes between frames and across models better than keeping the single
+    top box, as MediaPipe's own blending NMS does. A box lying mostly (``contained``) inside
+    another of similar scale (at most 4x its area) is the same face too - the short-range model
+    draws larger boxes (hair to chin) than the full-range one, so their IoU alone can fall under
+    the threshold - and is dropped without being averaged in. The scale limit keeps a big box
+    from swallowing the small faces of a crowd.
+    """
+    if not dets:
+        return []
+    boxes = np.array([d.box for d in dets], np.float32)
+    scores = np.array([d.score for d in dets], np.float32)
+    order = np.argsort(-scores)
+    boxes, scores = boxes[order], scores[order]
+    dets = [dets[i] for i in order]
+    iou_m, ios_m = overlaps(boxes, boxes)
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    ratio = np.maximum(areas[:, None], areas[None, :]) / np.maximum(np.minimum(areas[:, None], areas[None, :]), 1e-9)
+    same = (iou_m >= iou) | ((ios_m >= contained) & (ratio <= 4.0))
+    alive = np.ones(len(dets), bool)
+    kept = []
+    for i in range(len(dets)):
+        if not alive[i]:
+            continue
+        blend = alive & (iou_m[i] >= iou)  # same face, same kind of box: average
+        blend[i] = True
+        w = scores[blend][:, None]
+        box = (boxes[blend] * w).sum(0) / w.sum()
+        kept.append(Detection(tuple(float(v) for v in box), float(scores[i])))
+        alive &= ~(blend | same[i])  # contained boxes of another geometry are only dropped
+    return kept
+
+
+def area(d: Detection) -> float:
+    x0, y0, x1, y1 = d.box
+    return max(0.0, x1 - x0) * max(0.0, y1 - y0)
+
+
+def clip_detection(d: Detection, w: int, h: int) -> Detection:
+    """The detection's box cut to the image."""
+    x0, y0, x1, y1 = d.box
+    return Detection((min(max(x0, 0.0), w), min(max(y0, 0.0), h), min(max(x1, 0.0), w),
+                      min(max(y1, 0.0), h)), d.score)
