@@ -62,7 +62,9 @@ def check_detections(msg, seq, width, height):
 def test_http_routes(live_server):
     health = requests.get(live_server.url + "/healthz", timeout=5).json()
     assert health["status"] == "ok" and len(health["model"]["sha256"]) == 64
-    assert health["model"]["file"].endswith("mask_classifier.tflite") and health["uptime_s"] >= 0
+    assert health["model"]["file"] == "mask_classifier.tflite" and health["uptime_s"] >= 0  # no server paths
+    assert health["detector"] == "trained" and health["detector_model"]["file"] == "face_detector.tflite"
+    assert len(health["detector_model"]["sha256"]) == 64
     for path in ("/", "/dashboard"):
         page = requests.get(live_server.url + path, timeout=5)
         assert page.ok and "/vendor/socket.io.min.js" in page.text

@@ -13,6 +13,8 @@ from webapp import __version__
 from webapp.config import PROJECT_ROOT
 from webapp.history import History, parse_since
 from webapp.stats import local_midnight
+from webapp.vision.classifier import MODEL_FILE
+from webapp.vision.trained_detector import DETECTOR_FILE
 
 bp = Blueprint("views", __name__)
 
@@ -47,15 +49,22 @@ def _sha256(path: Path, mtime: float) -> str:
     return digest.hexdigest()
 
 
+def _file_info(path: Path) -> dict[str, str]:
+    """A model file by name and content hash: which model runs, without the server's paths."""
+    return {"file": path.name, "sha256": _sha256(path, path.stat().st_mtime)}
+
+
 @bp.get("/healthz")
 def healthz():
     service = _service()
-    model = service.settings.model_dir / "mask_classifier.tflite"
+    model_dir = service.settings.model_dir
+    detector_file = model_dir / DETECTOR_FILE
     return jsonify({
         "status": "ok",
         "version": __version__,
-        "model": {"file": str(model), "sha256": _sha256(model, model.stat().st_mtime)},
+        "model": _file_info(model_dir / MODEL_FILE),
         "detector": service.settings.detector,
+        "detector_model": _file_info(detector_file) if service.settings.detector == "trained" else None,
         "async_mode": service.settings.async_mode,
         "uptime_s": round(time.time() - service.started, 1),
         "frames": service.slots.waiting(),
