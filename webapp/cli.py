@@ -22,6 +22,8 @@ log = logging.getLogger("maskwatch")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 # BGR colours for annotated copies; the web pages use the same hues.
 COLOURS = {"with_mask": (80, 175, 76), "mask_incorrect": (0, 165, 255), "without_mask": (60, 60, 230)}
+UNSURE_COLOUR = (158, 158, 158)
+SHORT_NAMES = {"with_mask": "mask", "mask_incorrect": "incorrect", "without_mask": "no mask"}  # as on the page
 
 
 def expand_inputs(paths: Sequence[str]) -> Iterator[str]:
@@ -44,20 +46,32 @@ def _looks_like_image(path: Path) -> bool:
         return False
 
 
+def label_placement(box: Sequence[float], text_size: tuple[int, int], image_size: tuple[int, int]
+                    ) -> tuple[int, int]:
+    """Bottom-left corner of a label of ``text_size`` (w, h) for ``box``: above the box if there
+    is room, else below it, and shifted so it stays inside an image of ``image_size`` (w, h)."""
+    (tw, th), (iw, ih) = text_size, image_size
+    x0, y0, _, y1 = (int(round(v)) for v in box)
+    y = y0 - 3 if y0 - th - 3 >= 0 else min(int(round(y1)) + th + 3, ih - 1)
+    return max(0, min(x0, iw - tw - 2)), max(th, y)
+
+
 def annotate(image_rgb: np.ndarray, result: FrameResult) -> np.ndarray:
-    """BGR copy with each face's box in its class colour, label and score."""
+    """BGR copy with each face's box in its class colour (grey when unsure) and a short label
+    sized to the picture, kept inside it."""
     out = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)
-    thickness = max(1, round(max(out.shape[:2]) / 400))
+    h, w = out.shape[:2]
+    thickness = max(1, round(max(h, w) / 500))
+    scale = float(np.clip(max(h, w) / 1600, 0.35, 1.2))
     for face in result.faces:
-        colour = COLOURS.get(face.label, (255, 255, 255))
+        colour = UNSURE_COLOUR if face.unsure else COLOURS.get(face.label, (255, 255, 255))
         x0, y0, x1, y1 = (int(round(v)) for v in face.box)
         cv2.rectangle(out, (x0, y0), (x1, y1), colour, thickness)
-        text = f"{face.label} {face.score:.2f}"
-        scale = 0.4 * thickness
+        text = "unsure" if face.unsure else f"{SHORT_NAMES.get(face.label, face.label)} {face.score:.0%}"
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-        ty = y0 - 2 if y0 - th - base - 2 >= 0 else y1 + th + 2
-        cv2.rectangle(out, (x0, ty - th - base), (x0 + tw + 2, ty + base - 1), colour, -1)
-        cv2.putText(out, text, (x0 + 1, ty - 1), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+        tx, ty = label_placement(face.box, (tw, th + base), (w, h))
+        cv2.rectangle(out, (tx, ty - th - base), (tx + tw + 2, ty), colour, -1)
+        cv2.putText(out, text, (tx + 1, ty - base), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
     return out
 
 
@@ -92,16 +106,22 @@ def cmd_detect(args: argparse.Namespace, settings: Settings) -> int:
             else:
                 print(f"{given}: error: {message}", flush=True)
             continue
+        written = None
         if args.out:
-            cv2.imwrite(str(_out_path(args.out, given, used)), annotate(image, result))
+            written = _out_path(args.out, given, used)
+            cv2.imwrite(str(written), annotate(image, result))
         if args.json:
             print(json.dumps({"image": given, **result.to_dict()}), flush=True)
         else:
             print(f"{given}: {len(result.faces)} face(s), {result.width}x{result.height}, "
-                  f"{result.ms['total']:.1f} ms", flush=True)
+                  f"{result.ms['total']:.1f} ms" + (f" -> {written}" if written else ""), flush=True)
             for f in result.faces:
                 box = ", ".join(f"{v:.0f}" for v in f.box)
-                print(f"  {f.label:15s} {f.score:.2f}  [{box}]", flush=True)
+                print(f"  {f.label:15s} {f.score:.2f}{' unsure' if f.unsure else ''}  [{box}]", flush=True)
+    if args.out:
+        # On stderr with --json, so stdout stays pure JSON Lines.
+        print(f"annotated copies written to {args.out.resolve()}/ ({len(used)} image(s))",
+              file=sys.stderr if args.json else sys.stdout, flush=True)
     return 1 if failed else 0
 
 

@@ -7,7 +7,9 @@ would be loaded once per worker). In threading mode the worker is gunicorn's thr
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 import sys
 from typing import Any
 
@@ -74,7 +76,24 @@ class MaskwatchServer(BaseApplication):
         return {f.name: getattr(self.settings, f.name) for f in dataclasses.fields(self.settings)}
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Refuse early, in one sentence, when the address is taken: gunicorn would retry five times
+    with raw "Connection in use" lines and give up after ~9 s without saying what to do."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ValueError(f"port {port} on {host} is already in use (another maskwatch, or another "
+                                 f"program); stop it or choose another port: maskwatch serve --port {port + 1}"
+                                 ) from None
+            raise ValueError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
 def run_server(settings: Settings, urls: list[str]) -> int:
+    check_port_free(settings.host, settings.port)
     if settings.async_mode in ("eventlet", "gevent"):
         try:
             __import__(settings.async_mode)
