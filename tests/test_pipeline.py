@@ -58,7 +58,7 @@ def test_real_images_end_to_end(pipeline, data_dir):
             assert face.label in LABELS and 0 <= face.score <= 1
             assert 0 < face.detector_score <= 1
         for face, out in zip(result.faces, result.to_dict()["faces"]):
-            assert list(out) == ["box", "label", "score", "det_score"]
+            assert list(out) == ["box", "label", "score", "det_score", "unsure"]
             assert out["det_score"] == round(face.detector_score, 4)
         assert set(result.ms) == {"decode", "detect", "classify", "total"}
         assert result.ms["total"] >= result.ms["detect"]
@@ -125,5 +125,7 @@ def test_to_dict_carries_the_detector_confidence():
     result = FrameResult(64, 48, [Face((1.04, 2.0, 30.0, 40.26), "with_mask", 0.912345, 0.876543)],
                          {"total": 1.234})
     assert result.to_dict()["faces"] == [
-        {"box": [1.0, 2.0, 30.0, 40.3], "label": "with_mask", "score": 0.9123, "det_score": 0.8765}]
-    assert list(result.to_dict()["faces"][0]) == ["box", "label", "score", "det_score"]
+        {"box": [1.0, 2.0, 30.0, 40.3], "label": "with_mask", "score": 0.9123, "det_score": 0.8765, "unsure": False}]
+    tracked = FrameResult(64, 48, [Face((0, 0, 9, 9), "without_mask", 0.4, 0.9, unsure=True, track=7)])
+    assert tracked.to_dict()["faces"][0] == {"box": [0, 0, 9, 9], "label": "without_mask", "score": 0.4,
+                                             "det_score": 0.9, "unsure": True, "track": 7}

@@ -11,7 +11,7 @@ import requests
 import socketio
 
 from webapp.slots import FrameSlots, Pending
-from webapp.stats import LiveStats
+from webapp.stats import CameraStats, LiveStats
 from webapp.vision.labels import LABELS
 
 
@@ -52,7 +52,7 @@ def check_detections(msg, seq, width, height):
     assert msg["seq"] == seq and (msg["width"], msg["height"]) == (width, height)
     assert set(msg["ms"]) == {"decode", "detect", "classify", "total"}
     for face in msg["faces"]:
-        assert list(face) == ["box", "label", "score", "det_score", "track"]
+        assert list(face) == ["box", "label", "score", "det_score", "unsure", "track"]
         assert face["label"] in LABELS and 0 <= face["score"] <= 1
         assert isinstance(face["det_score"], float) and 0 <= face["det_score"] <= 1
         x0, y0, x1, y1 = face["box"]
@@ -193,23 +193,21 @@ def test_frame_slots_keep_only_the_newest_frame():
 
 
 def test_live_stats_snapshot():
-    stats = LiveStats()
-    stats.camera_connected("s1", "door")
-    assert stats.snapshot()["compliance"] is None
+    stats, door = LiveStats(), CameraStats("s1", "door")
+    assert stats.snapshot([door], now=99.0)["compliance"] is None
     stats.add_person("with_mask")
     stats.add_person("with_mask")
     stats.add_person("without_mask")
-    stats.record("s1", "door", ["with_mask", "with_mask", "without_mask"], 12.0, now=100.0)
-    stats.record("s1", "door", ["with_mask", "without_mask"], 10.0, now=100.1)
-    snap = stats.snapshot(now=100.2)
+    door.record("door", ["with_mask", "with_mask", "without_mask"], 12.0, now=100.0)
+    door.record("door", ["with_mask", "without_mask"], 10.0, now=100.1)
+    snap = stats.snapshot([door], now=100.2)
     assert snap["in_view"] == {"with_mask": 1, "mask_incorrect": 0, "without_mask": 1}
     assert snap["people"] == {"with_mask": 2, "mask_incorrect": 0, "without_mask": 1}
     assert snap["compliance"] == pytest.approx(2 / 3, abs=1e-4)
     assert snap["cameras"][0]["fps"] == pytest.approx(10.0)
-    stale = stats.snapshot(now=200.0)
+    stale = stats.snapshot([door], now=200.0)
     assert stale["in_view"]["with_mask"] == 0
-    stats.camera_gone("s1")
-    assert stats.snapshot()["cameras"] == []
+    assert stats.snapshot([], now=200.0)["cameras"] == []
 
 
 @pytest.mark.parametrize("mode", ["eventlet", "gevent"])

@@ -21,15 +21,24 @@ except PackageNotFoundError:  # running from a checkout that was never installed
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
-    """Application factory; ``test_config`` overrides settings (see ``webapp.config.Settings``)."""
+    """Application factory, cheap to call: no model is loaded and no thread starts until the
+    first camera or dashboard connects (``maskwatch serve`` starts the service at once).
+
+    ``test_config`` overrides settings (see ``webapp.config.Settings``) and may inject
+    ``pipeline_factory`` (``sharing -> Pipeline``, instead of loading ``model/``) and ``clock``.
+    """
     from webapp import security
     from webapp.config import PROJECT_ROOT, Settings
-    from webapp.events import CameraNamespace, DashboardNamespace, InferenceService
+    from webapp.events import CameraNamespace, DashboardNamespace
     from webapp.history import History
+    from webapp.service import InferenceService
     from webapp.views import bp
     from webapp.vision.pipeline import build_pipeline
 
-    settings = Settings.load(test_config)
+    config = dict(test_config or {})
+    make_pipeline = config.pop("pipeline_factory", None)
+    clock = config.pop("clock", None)
+    settings = Settings.load(config)
     app = Flask(__name__, instance_relative_config=True,
                 template_folder=str(PROJECT_ROOT / "templates"), static_folder=str(PROJECT_ROOT / "static"))
     Path(app.instance_path).mkdir(parents=True, exist_ok=True)
@@ -49,9 +58,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
                         max_http_buffer_size=settings.max_frame_bytes * 2 + 64 * 1024)
     history = History(settings.history_path or Path(app.instance_path) / "maskwatch.sqlite3",
                       settings.retention_days)
-    service = InferenceService(socketio, settings, lambda sharing: build_pipeline(settings, sharing), history)
+    service = InferenceService(socketio, settings,
+                               make_pipeline or (lambda sharing: build_pipeline(settings, sharing)), history, clock)
     app.extensions["maskwatch"] = service
+    app.extensions["maskwatch.socketio"] = socketio
     socketio.on_namespace(CameraNamespace("/", service))
     socketio.on_namespace(DashboardNamespace("/dashboard", service))
-    service.start()
     return app

@@ -69,7 +69,9 @@ class MaskwatchServer(BaseApplication):
 
         logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        return create_app(self._overrides())
+        app = create_app(self._overrides())
+        app.extensions["maskwatch"].start()  # load the models now: a broken model folder fails here
+        return app
 
     def _overrides(self) -> dict[str, Any]:
         import dataclasses

@@ -1,8 +1,8 @@
 """Live statistics: who is in view of each camera now, people today, camera health.
 
-One ``LiveStats`` per server, fed by the inference workers and read by the dashboard. A
-``version`` number changes with every update so the broadcaster sends ``counts`` only when
-something changed.
+One ``LiveStats`` per server (people today) and one ``CameraStats`` per camera session, fed by
+the inference workers and read by the dashboard. A ``version`` number changes with every
+update so the broadcaster sends ``counts`` only when something changed.
 """
 
 from __future__ import annotations
@@ -34,6 +34,21 @@ class CameraStats:
     latency_ms: float = 0.0  # server-side processing time (EMA)
     in_view: dict[str, int] = field(default_factory=_zeros)
 
+    def record(self, name: str, labels: list[str], total_ms: float, now: float, ema: float = 0.2) -> None:
+        """One processed frame with the labels of the (sure) faces in it. Written by the one
+        worker that holds the camera's frame; read whole by the dashboard snapshot."""
+        self.name = name
+        if self.last_seen is not None:
+            gap = max(now - self.last_seen, 1e-3)
+            self.fps = 1.0 / gap if self.frames <= 1 else (1 - ema) * self.fps + ema / gap
+        self.latency_ms = total_ms if self.frames == 0 else (1 - ema) * self.latency_ms + ema * total_ms
+        self.last_seen = now
+        self.frames += 1
+        counts = _zeros()
+        for label in labels:
+            counts[label] += 1
+        self.in_view = counts
+
     def snapshot(self, now: float) -> dict:
         stale = self.last_seen is None or now - self.last_seen > STALE_AFTER_S
         return {
@@ -60,12 +75,11 @@ def _iso(t: float) -> str:
 
 
 class LiveStats:
-    """Thread-safe per-camera state and the ``counts`` snapshot of the contract."""
+    """People counted today and the ``counts`` snapshot; the per-camera part lives in each
+    camera's session (``CameraStats``). Thread-safe."""
 
-    def __init__(self, ema: float = 0.2, people_today: dict[str, int] | None = None) -> None:
+    def __init__(self, people_today: dict[str, int] | None = None) -> None:
         self._lock = threading.Lock()
-        self._cameras: dict[str, CameraStats] = {}
-        self._ema = ema
         self._people = {**_zeros(), **(people_today or {})}
         self._day = _today()
         self.version = 0
@@ -77,61 +91,21 @@ class LiveStats:
             self._people[label] += 1
             self.version += 1
 
+    def touch(self) -> None:
+        """Something a dashboard shows changed (a camera came, went or sent a frame)."""
+        with self._lock:
+            self.version += 1
+
     def _roll_day(self) -> None:
         if _today() != self._day:
             self._day = _today()
             self._people = _zeros()
 
-    def camera_connected(self, camera_id: str, name: str) -> None:
-        with self._lock:
-            self._cameras[camera_id] = CameraStats(camera_id, name)
-            self.version += 1
-
-    def camera_gone(self, camera_id: str) -> None:
-        with self._lock:
-            if self._cameras.pop(camera_id, None) is not None:
-                self.version += 1
-
-    def camera_name(self, camera_id: str) -> str:
-        with self._lock:
-            cam = self._cameras.get(camera_id)
-            return cam.name if cam else camera_id
-
-    def frame_dropped(self, camera_id: str) -> None:
-        with self._lock:
-            cam = self._cameras.get(camera_id)
-            if cam:
-                cam.dropped += 1
-
-    def record(self, camera_id: str, name: str | None, labels: list[str], total_ms: float,
-               now: float | None = None) -> None:
-        """One processed frame of ``camera_id`` with the labels of the faces in it."""
-        now = time.time() if now is None else now
-        with self._lock:
-            cam = self._cameras.get(camera_id)
-            if cam is None:  # disconnected while its last frame was being processed
-                return
-            if name:
-                cam.name = name
-            if cam.last_seen is not None:
-                gap = max(now - cam.last_seen, 1e-3)
-                cam.fps = 1.0 / gap if cam.frames <= 1 else (1 - self._ema) * cam.fps + self._ema / gap
-            cam.latency_ms = total_ms if cam.frames == 0 else (1 - self._ema) * cam.latency_ms + self._ema * total_ms
-            cam.last_seen = now
-            cam.frames += 1
-            counts = _zeros()
-            for label in labels:
-                counts[label] += 1
-            cam.in_view = counts
-            self.version += 1
-
-    def snapshot(self, now: float | None = None) -> dict:
+    def snapshot(self, cameras: list[CameraStats], now: float) -> dict:
         """The dashboard's ``counts`` payload (also ``GET /api/stats``)."""
-        now = time.time() if now is None else now
-        with self._lock:
-            cameras = [c.snapshot(now) for c in self._cameras.values()]
+        views = [c.snapshot(now) for c in cameras]
         in_view = _zeros()
-        for cam in cameras:
+        for cam in views:
             for label, n in cam["in_view"].items():
                 in_view[label] += n
         with self._lock:
@@ -142,6 +116,6 @@ class LiveStats:
             "in_view": in_view,
             "people": people,  # today (server's local date), counted once per person
             "compliance": None if total == 0 else round(people[WITH_MASK] / total, 4),
-            "cameras": sorted(cameras, key=lambda c: c["name"]),
+            "cameras": sorted(views, key=lambda c: c["name"]),
             "ts": _iso(now),
         }

@@ -40,7 +40,6 @@ class Track:
     hits: int = 1
     votes: dict[str, float] = field(default_factory=lambda: {label: 0.0 for label in LABELS})
     confident: int = 0  # frames whose classification was sure enough to vote
-    alerted: bool = False
 
     @property
     def label(self) -> str:
@@ -120,11 +119,11 @@ class FaceTracker:
                     confirmed_now.append(track)
         ended = [t for t in self.tracks if now - t.last_seen > self.max_gap_s]
         self.tracks = [t for t in self.tracks if now - t.last_seen <= self.max_gap_s]
-        return ids, [self._person(t) for t in ended if self._confirmed(t)], confirmed_now
+        return ids, [self.person(t) for t in ended if self._confirmed(t)], confirmed_now
 
     def flush(self) -> list[Person]:
         """End every track (camera gone): the people still in view are counted."""
-        people = [self._person(t) for t in self.tracks if self._confirmed(t)]
+        people = [self.person(t) for t in self.tracks if self._confirmed(t)]
         self.tracks = []
         return people
 
@@ -132,7 +131,7 @@ class FaceTracker:
         return track.hits >= self.min_frames and track.is_person
 
     @staticmethod
-    def _person(t: Track) -> Person:
+    def person(t: Track) -> Person:
         return Person(t.id, t.label, t.hits, t.first_seen, t.last_seen)
 
     def _match(self, predicted: np.ndarray, dets: np.ndarray) -> list[tuple[int, int]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -66,14 +65,14 @@ def healthz():
         "detector": service.settings.detector,
         "detector_model": _file_info(detector_file) if service.settings.detector == "trained" else None,
         "async_mode": service.settings.async_mode,
-        "uptime_s": round(time.time() - service.started, 1),
+        "uptime_s": round(service.clock() - service.started, 1),
         "frames": service.slots.waiting(),
     })
 
 
 @bp.get("/api/stats")
 def stats():
-    return jsonify(_service().stats.snapshot())
+    return jsonify(_service().snapshot())
 
 
 def _history_rows():

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import os
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Collection
 
@@ -64,6 +63,7 @@ class Face:
     score: float
     detector_score: float = 0.0
     unsure: bool = False  # calibrated score below the model's threshold: shown grey, not counted
+    track: int | None = None  # the camera's track id (live video only)
 
 
 @dataclass(frozen=True)
@@ -78,13 +78,17 @@ class FrameResult:
 
         ``score`` is the classifier's calibrated probability of ``label``, ``det_score`` the face
         detector's confidence; AP ranks detections by ``score * det_score`` (``training.evaluate``).
-        ``unsure`` faces are below the model's confidence threshold and are never counted.
+        ``unsure`` faces are below the model's confidence threshold and are never counted;
+        ``track`` (live video only) follows one person across frames.
         """
+        def face(f: Face) -> dict:
+            out = {"box": [round(v, 1) for v in f.box], "label": f.label, "score": round(f.score, 4),
+                   "det_score": round(f.detector_score, 4), "unsure": f.unsure}
+            return out if f.track is None else {**out, "track": f.track}
+
         return {
             "width": self.width, "height": self.height,
-            "faces": [{"box": [round(v, 1) for v in f.box], "label": f.label, "score": round(f.score, 4),
-                       "det_score": round(f.detector_score, 4), "unsure": f.unsure}
-                      for f in self.faces],
+            "faces": [face(f) for f in self.faces],
             "ms": {k: round(v, 2) for k, v in self.ms.items()},
         }
 
@@ -100,13 +104,18 @@ def sniff_format(data: bytes) -> str | None:
 
 
 def check_image_bytes(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES, max_side: int = MAX_SIDE,
-                      formats: Collection[str] = FRAME_FORMATS) -> tuple[str, int, int]:
-    """(format, width, height) of acceptable image bytes, without decoding pixels."""
+                      formats: Collection[str] = FRAME_FORMATS, hint: str = "") -> tuple[str, int, int]:
+    """(format, width, height) of acceptable image bytes, without decoding pixels.
+
+    Thread-safe (the inference workers and socket handlers call it side by side): Pillow's
+    decompression-bomb *error* is caught, and its warning band (below our ``max_side`` check
+    anyway) is left alone rather than filtered through the process-global warnings state.
+    """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise NotAnImage(f"expected image bytes, got {type(data).__name__}")
     data = bytes(data)
     if len(data) > max_bytes:
-        raise TooLarge(f"image is {len(data) / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.1f} MB")
+        raise TooLarge(f"image is {len(data) / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.1f} MB{hint}")
     if not data:
         raise NotAnImage("empty image")
     fmt = sniff_format(data)
@@ -114,11 +123,9 @@ def check_image_bytes(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES, max_side:
         raise NotAnImage(f"not a {' or '.join(sorted(formats))} image"
                          + (f" (found {fmt})" if fmt else ""))
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:  # reads the header only
-                width, height = im.size
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        with Image.open(io.BytesIO(data)) as im:  # reads the header only
+            width, height = im.size
+    except Image.DecompressionBombError:
         raise TooLarge(f"{fmt} header claims more pixels than {max_side}x{max_side}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise NotAnImage(f"unreadable {fmt} header: {exc}") from None
@@ -134,14 +141,19 @@ def check_image_bytes(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES, max_side:
     return fmt, width, height
 
 
-def decode_image(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES, max_side: int = MAX_SIDE,
-                 formats: Collection[str] = FRAME_FORMATS) -> np.ndarray:
-    """Validated bytes -> HxWx3 uint8 RGB."""
-    check_image_bytes(data, max_bytes, max_side, formats)
+def decode_pixels(data: bytes) -> np.ndarray:
+    """Bytes already checked by ``check_image_bytes`` -> HxWx3 uint8 RGB."""
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if bgr is None:
         raise NotAnImage("the image data is corrupt and could not be decoded")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def decode_image(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES, max_side: int = MAX_SIDE,
+                 formats: Collection[str] = FRAME_FORMATS) -> np.ndarray:
+    """Untrusted bytes -> checked -> HxWx3 uint8 RGB."""
+    check_image_bytes(data, max_bytes, max_side, formats)
+    return decode_pixels(data)
 
 
 def build_pipeline(settings: "Settings", sharing: int = 1) -> "Pipeline":

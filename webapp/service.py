@@ -1,0 +1,313 @@
+"""The inference service: one ``CameraSession`` per camera connection, the workers that run the
+pipeline on their frames, people counting, alerts, history and the dashboard broadcast.
+
+Where a frame goes, by name: ``parse_frame`` validates it once (types, size, image header) on
+the socket's thread, ``FrameSlots`` parks it in its session (latest frame wins), a worker
+decodes, detects and classifies it (``Pipeline.process_image``), ``CameraSession.observe``
+tracks the faces and returns what happened (people who left, people newly confirmed), and the
+service emits ``detections``, ``alert`` and ``counts`` and writes history.
+
+Time comes from an injected clock, so tests run people counting on synthetic time.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Any, Callable, Protocol
+
+from webapp.config import Settings
+from webapp.history import History
+from webapp.slots import FrameSlots, Pending
+from webapp.stats import CameraStats, LiveStats, local_midnight
+from webapp.tracker import FaceTracker, Person
+from webapp.vision.labels import WITH_MASK
+from webapp.vision.pipeline import (
+    FRAME_FORMATS,
+    FrameError,
+    FrameResult,
+    Pipeline,
+    check_image_bytes,
+    decode_pixels,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_CAMERA_NAME = 60
+RECENT_ALERTS = 20  # sent to a dashboard when it connects, so it sees what it missed
+
+Clock = Callable[[], float]
+
+
+class PayloadError(FrameError):
+    code = "bad_payload"
+
+
+def parse_frame(data: Any, max_bytes: int) -> tuple[int, bytes, str | None]:
+    """(seq, image bytes, camera name) of a ``frame`` event, or a typed error.
+
+    The one validation of a camera frame: payload types, size against the frame limit, and
+    the image header (format by magic bytes, pixel dimensions, completeness). The worker then
+    only decodes pixels.
+    """
+    if not isinstance(data, dict):
+        raise PayloadError("a frame is an object {seq, image, camera?}")
+    seq = data.get("seq")
+    if isinstance(seq, bool) or not isinstance(seq, int):
+        raise PayloadError("'seq' must be an integer")
+    image = data.get("image")
+    if not isinstance(image, (bytes, bytearray, memoryview)):
+        raise PayloadError("'image' must be binary JPEG or PNG data (send an ArrayBuffer or Blob)")
+    image = bytes(image)
+    camera = data.get("camera")
+    if camera is not None and not isinstance(camera, str):
+        raise PayloadError("'camera' must be a string")
+    check_image_bytes(image, max_bytes, formats=FRAME_FORMATS, hint=" - send a smaller resolution or a "
+                      "lower JPEG quality")
+    camera = (camera or "").strip()[:MAX_CAMERA_NAME] or None
+    return seq, image, camera
+
+
+def error_payload(seq: int | None, code: str, message: str) -> dict:
+    return {"seq": seq, "code": code, "message": message}
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What one processed frame changed: the result with track ids, and the people it settled."""
+
+    result: FrameResult
+    left: list[Person]  # tracks that ended now: count them
+    confirmed: list[Person]  # tracks that just became people: alert if unmasked
+
+
+@dataclass(eq=False)
+class CameraSession:
+    """Everything the server keeps for one camera connection (one object, one place to drop)."""
+
+    sid: str
+    name: str
+    tracker: FaceTracker
+    stats: CameraStats
+    pending: Pending | None = None  # its latest unprocessed frame (guarded by FrameSlots)
+    received: int = 0  # frames received; every ``tile_every``-th gets the thorough detector pass
+    closed: bool = False
+    alerted: set[int] = field(default_factory=set)  # track ids already alerted
+
+    def observe(self, result: FrameResult, now: float) -> Observation:
+        """Track the faces of a processed frame (one worker at a time per session)."""
+        faces = result.faces
+        ids, left, confirmed = self.tracker.update([f.box for f in faces], [f.label for f in faces],
+                                                   [f.score for f in faces], now, [f.unsure for f in faces])
+        tracked = replace(result, faces=[replace(f, track=i) for f, i in zip(faces, ids)])
+        return Observation(tracked, left, [self.tracker.person(t) for t in confirmed])
+
+    def display_name(self, pending: Pending) -> str:
+        return pending.camera or self.name
+
+
+class Emitter(Protocol):
+    def emit(self, event: str, data: Any, to: str | None = None, namespace: str | None = None) -> None: ...
+    def start_background_task(self, target: Callable[..., Any], *args: Any) -> Any: ...
+    def sleep(self, seconds: float) -> None: ...
+
+
+class InferenceService:
+    """Camera sessions, the inference workers and the dashboard broadcaster of one server.
+
+    Models load and threads start on first use (``start``), so building the app is cheap;
+    ``maskwatch serve`` starts it at once to fail fast on a broken model folder.
+    """
+
+    def __init__(self, socketio: Emitter, settings: Settings, make_pipeline: Callable[[int], Pipeline],
+                 history: History, clock: Clock | None = None) -> None:
+        self.socketio = socketio
+        self.settings = settings
+        self.make_pipeline = make_pipeline
+        self.history = history
+        self.clock: Clock = clock or time.time
+        self.slots = FrameSlots()
+        self.stats = LiveStats(people_today=dict(history.totals("people", local_midnight())))
+        self.started = self.clock()
+        self.recent_alerts: deque[dict] = deque(maxlen=RECENT_ALERTS)
+        self._sessions: dict[str, CameraSession] = {}
+        self._lock = threading.Lock()
+        self._unnamed = itertools.count(1)
+        self._running = False
+        self._start_lock = threading.Lock()
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load the models, start the workers and the background loops (once)."""
+        with self._start_lock:
+            if self._running:
+                return
+            n = self.settings.workers or os.cpu_count() or 1
+            pipelines = [self.make_pipeline(n) for _ in range(n)]  # load models now: fail fast
+            self._running = True
+        for pipeline in pipelines:
+            self.socketio.start_background_task(self._work, pipeline)
+        self.socketio.start_background_task(self._broadcast)
+        self.socketio.start_background_task(self._persist)
+        log.info("inference: %d worker(s), async mode %s", n, self.settings.async_mode)
+
+    def stop(self) -> None:
+        """Graceful stop: count whoever is still in view and write the buffered history."""
+        self._running = False
+        self.slots.close()
+        for sid in list(self._sessions):
+            self.disconnect(sid)
+        self.history.flush()
+
+    # -- sessions -------------------------------------------------------------------------
+
+    def connect(self, sid: str, name: str | None) -> CameraSession:
+        """A camera page connected; unnamed cameras are numbered so a dashboard tells them apart."""
+        self.start()
+        name = (name or "").strip()[:MAX_CAMERA_NAME] or f"camera {next(self._unnamed)}"
+        session = CameraSession(sid, name, FaceTracker(self.settings.track_min_frames, self.settings.track_max_gap_s),
+                                CameraStats(sid, name, connected_at=self.clock()))
+        with self._lock:
+            self._sessions[sid] = session
+        self.stats.touch()
+        return session
+
+    def disconnect(self, sid: str) -> None:
+        """A camera left: drop its session, counting the people still in view."""
+        with self._lock:
+            session = self._sessions.pop(sid, None)
+        if session is None:
+            return
+        session.closed = True
+        self.slots.discard(session)
+        for person in session.tracker.flush():
+            self._count_person(session.name, person.label)
+        self.stats.touch()
+
+    def sessions(self) -> list[CameraSession]:
+        with self._lock:
+            return list(self._sessions.values())
+
+    def snapshot(self) -> dict:
+        """The dashboard's ``counts`` payload (also ``GET /api/stats``)."""
+        return self.stats.snapshot([s.stats for s in self.sessions()], self.clock())
+
+    # -- frames ---------------------------------------------------------------------------
+
+    def submit(self, sid: str, data: Any) -> dict | None:
+        """Validate and park a frame; returns a ``frame_error`` payload if it was refused."""
+        seq = data.get("seq") if isinstance(data, dict) and isinstance(data.get("seq"), int) else None
+        with self._lock:
+            session = self._sessions.get(sid)
+        if session is None:
+            return error_payload(seq, "not_connected", "connect as a camera before sending frames")
+        try:
+            seq, image, camera = parse_frame(data, self.settings.max_frame_bytes)
+        except FrameError as exc:
+            return error_payload(seq, exc.code, exc.message)
+        number, session.received = session.received, session.received + 1
+        if self.slots.put(session, Pending(seq, image, camera, self.clock(), number)) is not None:
+            session.stats.dropped += 1
+        return None
+
+    def process(self, pipeline: Pipeline, session: CameraSession, pending: Pending) -> None:
+        """Run one frame through the pipeline and tell everyone what it changed."""
+        try:
+            tiles = pending.number % max(self.settings.tile_every, 1) == 0
+            result = self._run(lambda: pipeline.process_image(decode_pixels(pending.image),
+                                                              t0=time.perf_counter(), tiles=tiles))
+            now = self.clock()
+            if session.closed:  # the camera left while its frame was processed
+                return
+            observed = session.observe(result, now)
+            camera = session.display_name(pending)
+            self._record(session, camera, observed, now)
+            self.socketio.emit("detections", {"seq": pending.seq, **observed.result.to_dict()},
+                               to=session.sid, namespace="/")
+        except FrameError as exc:
+            self.socketio.emit("frame_error", error_payload(pending.seq, exc.code, exc.message),
+                               to=session.sid, namespace="/")
+        except Exception:  # noqa: BLE001 - one bad frame must not kill the worker
+            log.exception("inference failed for a frame of %s", session.sid)
+            self.socketio.emit("frame_error", error_payload(pending.seq, "internal",
+                               "the server could not process this frame"), to=session.sid, namespace="/")
+
+    def _record(self, session: CameraSession, camera: str, observed: Observation, now: float) -> None:
+        """Counts, history and alerts for one observed frame."""
+        for person in observed.left:
+            self._count_person(camera, person.label)
+        sure = [f for f in observed.result.faces if not f.unsure]
+        for face in sure:
+            self.history.add("detections", camera, face.label, ts=now)
+        session.stats.record(camera, [f.label for f in sure], observed.result.ms["total"], now)
+        self.stats.touch()
+        if self.settings.alerts == "off":
+            return
+        for person in observed.confirmed:
+            if person.label != WITH_MASK and person.track not in session.alerted:
+                session.alerted.add(person.track)
+                self._alert(session, {"track": person.track, "label": person.label, "camera": camera,
+                                      "ts": datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds")})
+
+    def _alert(self, session: CameraSession, alert: dict) -> None:
+        dashboard_alert = {**alert, "camera_id": session.sid}
+        self.recent_alerts.append(dashboard_alert)
+        self.socketio.emit("alert", alert, to=session.sid, namespace="/")
+        self.socketio.emit("alert", dashboard_alert, namespace="/dashboard")
+
+    def _count_person(self, camera: str, label: str) -> None:
+        self.stats.add_person(label)
+        self.history.add("people", camera, label)
+
+    # -- background loops -------------------------------------------------------------------
+
+    def _run(self, fn: Callable[[], FrameResult]) -> FrameResult:
+        """Run the model off the event loop in the green modes (it would block every socket)."""
+        if self.settings.async_mode == "eventlet":
+            from eventlet import tpool
+            return tpool.execute(fn)
+        if self.settings.async_mode == "gevent":
+            import gevent
+            return gevent.get_hub().threadpool.apply(fn)
+        return fn()
+
+    def _work(self, pipeline: Pipeline) -> None:
+        while self._running:
+            job = self.slots.take(timeout=1.0)
+            if job is None:
+                continue
+            session, pending = job
+            try:
+                self.process(pipeline, session, pending)
+            finally:
+                self.slots.done(session)
+
+    def _persist(self) -> None:
+        """Write history about once a second (bounded loss on a hard kill); prune hourly."""
+        last_prune = 0.0
+        while self._running:
+            self.socketio.sleep(1.0)
+            try:
+                # Called directly, not through eventlet's thread pool: the history's lock is
+                # shared with the event handlers, and green locks must stay on the hub's thread.
+                self.history.flush()
+                if self.clock() - last_prune > 3600:
+                    last_prune = self.clock()
+                    self.history.prune()
+            except Exception:  # noqa: BLE001 - a full disk must not stop the server
+                log.exception("could not write history")
+
+    def _broadcast(self) -> None:
+        sent = -1
+        while self._running:
+            self.socketio.sleep(self.settings.counts_interval)
+            if self.stats.version != sent:
+                sent = self.stats.version
+                self.socketio.emit("counts", self.snapshot(), namespace="/dashboard")
