@@ -1,0 +1,246 @@
+"""The public contract in-process, flaskr-style: ``create_app(test_config)``, ``app.test_client()``
+and ``socketio.test_client()`` - every Socket.IO event, every bad payload, token, headers and
+history errors, in seconds, without starting gunicorn.
+
+Service logic (people counting, alerts) runs a scripted pipeline on synthetic time: the faces a
+frame holds are set by the test, and the clock only moves when the test moves it. The real
+model runs in-process for the ``detections`` contract.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+import cv2
+import numpy as np
+import pytest
+
+from webapp import create_app
+from webapp.config import Settings
+from webapp.vision.labels import LABELS
+from webapp.vision.pipeline import Face, FrameResult, build_pipeline
+
+PNG = cv2.imencode(".png", np.zeros((48, 64, 3), np.uint8))[1].tobytes()
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class ScriptedPipeline:
+    """Answers each frame with the next list of faces the test queued (none when the queue is empty)."""
+
+    def __init__(self) -> None:
+        self.script: deque[list[Face]] = deque()
+
+    def process_image(self, image, t0=None, tiles=True) -> FrameResult:
+        faces = self.script.popleft() if self.script else []
+        return FrameResult(image.shape[1], image.shape[0], faces, {"decode": 0.0, "detect": 0.0,
+                                                                   "classify": 0.0, "total": 1.0})
+
+
+def face(x: float, label: str = "without_mask", score: float = 0.95, unsure: bool = False) -> Face:
+    return Face((x, 10.0, x + 20.0, 30.0), label, score, 0.9, unsure)
+
+
+@pytest.fixture
+def scripted():
+    return ScriptedPipeline()
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture
+def app(tmp_path, scripted, clock):
+    app = create_app({"history_path": tmp_path / "h.db", "workers": 1, "counts_interval": 0.05,
+                      "pipeline_factory": lambda sharing: scripted, "clock": clock})
+    yield app
+    app.extensions["maskwatch"].stop()
+
+
+@pytest.fixture
+def socketio(app):
+    return app.extensions["maskwatch.socketio"]
+
+
+class Client:
+    """A Socket.IO test client that keeps every packet, so waiting for one event never throws
+    away another that arrived with it (a frame's ``alert`` comes just before its ``detections``)."""
+
+    def __init__(self, app, socketio, namespace: str = "/", **kwargs) -> None:
+        self.sio = socketio.test_client(app, namespace=namespace, **kwargs)
+        self.namespace = namespace
+        self.packets: list[dict] = []
+        self.seen: dict[str, int] = {}
+
+    def emit(self, event: str, data) -> None:
+        self.sio.emit(event, data, namespace=self.namespace)
+
+    def received(self, event: str) -> list:
+        self.packets += self.sio.get_received(self.namespace)
+        return [p["args"][0] for p in self.packets if p["name"] == event]
+
+    def wait_for(self, event: str, timeout: float = 10.0):
+        """The next ``event`` not returned before (polls: the workers answer from their own threads)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            events = self.received(event)
+            if len(events) > self.seen.get(event, 0):
+                self.seen[event] = self.seen.get(event, 0) + 1
+                return events[self.seen[event] - 1]
+            time.sleep(0.005)
+        raise AssertionError(f"no {event!r} within {timeout} s")
+
+    def disconnect(self) -> None:
+        self.sio.disconnect(namespace=self.namespace)
+
+
+def camera(app, socketio, name: str | None = "door") -> Client:
+    return Client(app, socketio, flask_test_client=app.test_client(), auth={"camera": name} if name else None)
+
+
+def send(client: Client, seq: int, image: bytes = PNG) -> dict:
+    client.emit("frame", {"seq": seq, "image": image})
+    return client.wait_for("detections")
+
+
+def test_create_app_is_cheap(tmp_path):
+    """No model is loaded and no thread starts until something connects."""
+    def refuse(_sharing):
+        raise AssertionError("the pipeline must not be built by create_app")
+    app = create_app({"history_path": tmp_path / "h.db", "pipeline_factory": refuse})
+    assert app.test_client().get("/api/stats").json["cameras"] == []
+
+
+def test_detections_follow_the_contract_with_the_real_model(tmp_path, model_dir, data_dir):
+    pipeline = build_pipeline(Settings.load({"model_dir": model_dir}))
+    app = create_app({"history_path": tmp_path / "h.db", "workers": 1, "pipeline_factory": lambda n: pipeline})
+    try:
+        cam = camera(app, app.extensions["maskwatch.socketio"])
+        image = (data_dir / "kaggle-facemask" / "images" / "maksssksksss1.jpg").read_bytes()
+        msg = send(cam, 7, image)
+        assert set(msg) == {"seq", "width", "height", "faces", "ms"} and msg["seq"] == 7
+        assert (msg["width"], msg["height"]) == (400, 156)
+        assert set(msg["ms"]) == {"decode", "detect", "classify", "total"}
+        assert len(msg["faces"]) >= 4
+        for f in msg["faces"]:
+            assert list(f) == ["box", "label", "score", "det_score", "unsure", "track"]
+            assert f["label"] in LABELS and 0 <= f["score"] <= 1 and 0 <= f["det_score"] <= 1
+            assert isinstance(f["unsure"], bool) and f["track"] >= 1
+    finally:
+        app.extensions["maskwatch"].stop()
+
+
+BAD = [
+    ("not an object", "frame", "bad_payload"),
+    ("seq missing", {"image": PNG}, "bad_payload"),
+    ("seq not int", {"seq": "1", "image": PNG}, "bad_payload"),
+    ("seq bool", {"seq": True, "image": PNG}, "bad_payload"),
+    ("image missing", {"seq": 1}, "bad_payload"),
+    ("image not binary", {"seq": 1, "image": "aGVsbG8="}, "bad_payload"),
+    ("camera not str", {"seq": 1, "image": PNG, "camera": 5}, "bad_payload"),
+    ("text as image", {"seq": 1, "image": b"hello world"}, "not_an_image"),
+    ("empty image", {"seq": 1, "image": b""}, "not_an_image"),
+    ("webp", {"seq": 1, "image": cv2.imencode(".webp", np.zeros((8, 8, 3), np.uint8))[1].tobytes()}, "not_an_image"),
+    ("truncated jpeg", {"seq": 1, "image": b"\xff\xd8\xff\xe0" + b"\0" * 100}, "not_an_image"),
+    ("truncated png", {"seq": 1, "image": PNG[:-20]}, "not_an_image"),
+    ("too large", {"seq": 1, "image": b"\xff\xd8\xff" + b"\0" * (2 * 1024 * 1024 + 10)}, "too_large"),
+    ("too many pixels", {"seq": 1, "image": cv2.imencode(".png", np.zeros((4100, 8, 3), np.uint8))[1].tobytes()},
+     "too_large"),
+]
+
+
+@pytest.mark.parametrize("name, payload, code", BAD, ids=[b[0] for b in BAD])
+def test_bad_frames_get_errors_and_the_connection_stays_usable(app, socketio, name, payload, code):
+    cam = camera(app, socketio)
+    cam.emit("frame", payload)
+    error = cam.wait_for("frame_error")
+    assert error["code"] == code and error["message"]
+    if isinstance(payload, dict) and isinstance(payload.get("seq"), int) and not isinstance(payload["seq"], bool):
+        assert error["seq"] == payload["seq"]
+    assert send(cam, 99)["seq"] == 99
+
+
+def test_people_are_counted_once_on_synthetic_time(app, socketio, scripted, clock):
+    """Two people walk past; each is counted once when their track ends, not per frame."""
+    cam = camera(app, socketio)
+    for i in range(6):
+        scripted.script.append([face(10 + 5 * i, "with_mask"), face(200 - 5 * i, "without_mask")])
+        send(cam, i)
+        clock.now += 0.1
+    assert app.test_client().get("/api/stats").json["people"] == {label: 0 for label in LABELS}  # still in view
+    clock.now += 2.0  # both gone longer than the track gap
+    send(cam, 6)
+    stats = app.test_client().get("/api/stats").json
+    assert stats["people"] == {"with_mask": 1, "mask_incorrect": 0, "without_mask": 1}
+    assert stats["compliance"] == 0.5
+
+
+def test_alerts_reach_the_camera_and_later_dashboards(app, socketio, scripted, clock):
+    cam = camera(app, socketio)
+    for i in range(4):
+        scripted.script.append([face(50 + i, "without_mask")])
+        send(cam, i)
+        clock.now += 0.1
+    alert = cam.wait_for("alert")
+    assert alert["label"] == "without_mask" and alert["camera"] == "door" and alert["track"] >= 1
+    dashboard = Client(app, socketio, "/dashboard")  # opened after the alert
+    dashboard.wait_for("counts")
+    missed = dashboard.wait_for("alert")
+    assert missed["track"] == alert["track"] and missed["camera_id"]
+    for i in range(4, 8):  # the same person stays: no second alert
+        scripted.script.append([face(50 + i, "without_mask")])
+        send(cam, i)
+    assert len(cam.received("alert")) == 1
+
+
+def test_unnamed_cameras_get_distinct_names_and_leave_at_once(app, socketio):
+    a, b = camera(app, socketio, None), camera(app, socketio, None)
+    names = sorted(c["name"] for c in app.test_client().get("/api/stats").json["cameras"])
+    assert names == ["camera 1", "camera 2"]
+    a.disconnect()  # the page's Stop button disconnects
+    assert [c["name"] for c in app.test_client().get("/api/stats").json["cameras"]] == ["camera 2"]
+    b.disconnect()
+
+
+def test_frames_from_a_socket_that_is_not_a_camera_are_refused(app, socketio):
+    dashboard = Client(app, socketio, "/dashboard")
+    dashboard.emit("frame", {"seq": 1, "image": PNG})
+    assert dashboard.received("detections") == [] and dashboard.received("frame_error") == []
+
+
+def test_token_guards_pages_api_and_sockets(tmp_path, scripted):
+    app = create_app({"history_path": tmp_path / "h.db", "token": "s3cret", "pipeline_factory": lambda n: scripted})
+    sio = app.extensions["maskwatch.socketio"]
+    client = app.test_client()
+    assert client.get("/").status_code == 302 and client.get("/api/stats").status_code == 401
+    assert client.get("/api/stats", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    refused = sio.test_client(app, flask_test_client=app.test_client())
+    assert not refused.is_connected()
+    client.post("/login", data={"token": "s3cret"})
+    allowed = sio.test_client(app, flask_test_client=client, namespace="/dashboard")
+    assert allowed.is_connected("/dashboard")
+    app.extensions["maskwatch"].stop()
+
+
+def test_pages_carry_security_headers_and_no_inline_script(app):
+    for path in ("/", "/dashboard", "/login"):
+        r = app.test_client().get(path)
+        assert "script-src 'self'" in r.headers["Content-Security-Policy"]
+        assert r.headers["X-Content-Type-Options"] == "nosniff" and r.headers["X-Frame-Options"] == "DENY"
+        assert b"<script>" not in r.data
+
+
+@pytest.mark.parametrize("query, message", [("bucket=day", "bucket"), ("since=yesterday", "ISO-8601")])
+def test_history_rejects_bad_parameters(app, query, message):
+    for path in ("/api/history", "/api/history.csv"):
+        r = app.test_client().get(f"{path}?{query}")
+        assert r.status_code == 400 and message in r.json["message"]
