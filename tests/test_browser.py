@@ -112,6 +112,9 @@ def stream_and_check(browser, url, data_dir, tmp_path, https=False):
         dashboard.screenshot(path=str(tmp_path / "dashboard.png"))
         camera.click("#stop")
         assert not camera.evaluate("window.maskwatch.streaming")
+        # Stop disconnects: the dashboard drops the camera at the next counts, not after a timeout.
+        dashboard.wait_for_function("() => !window.maskwatchDashboard.lastCounts.cameras"
+                                    ".some((c) => c.name === 'browser test door')", timeout=3_000)
         assert not camera_errors
     finally:
         chromium.close()

@@ -43,13 +43,15 @@
     box.hidden = !text;
   }
 
-  const socket = io({ autoConnect: true, auth: (cb) => cb({ camera: nameInput.value.trim() }) });
+  // Connected only while streaming: Stop disconnects, so a dashboard drops the camera at once.
+  const socket = io({ autoConnect: false, auth: (cb) => cb({ camera: nameInput.value.trim() }) });
   const pill = $("connection");
   function setConnected(on) {
     state.connected = on;
-    pill.textContent = on ? "connected" : "reconnecting…";
+    pill.textContent = on ? "connected" : state.streaming ? "reconnecting…" : "not streaming";
     pill.className = "pill " + (on ? "pill-on" : "pill-off");
   }
+  setConnected(false);
   socket.on("connect", () => { setConnected(true); inFlight = null; pump(); });
   socket.on("disconnect", () => { setConnected(false); inFlight = null; });
   socket.on("connect_error", () => setConnected(false));
@@ -232,6 +234,7 @@
     video.srcObject = stream;
     await video.play().catch(() => {});
     state.streaming = true;
+    if (!socket.connected) socket.connect();
     $("placeholder").hidden = true;
     $("start").hidden = true;
     $("stop").hidden = false;
@@ -248,6 +251,7 @@
   function stop() {
     state.streaming = false;
     inFlight = null;
+    socket.disconnect();
     stopStream();
     video.srcObject = null;
     resizeOverlay();
