@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from bench.frames import compose_frames
-from tests.conftest import ROOT, LiveServer
+from tests.helpers import ROOT, LiveServer
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

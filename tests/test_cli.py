@@ -79,7 +79,7 @@ def test_serve_on_a_taken_port_says_what_to_do():
 
 def test_install_script_is_quick_and_quiet_when_nothing_changed():
     """./scripts/run calls it every time: with an up-to-date .venv it must not run pip."""
-    from tests.conftest import ROOT
+    from tests.helpers import ROOT
     proc = subprocess.run([str(ROOT / "scripts" / "install")], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     proc = subprocess.run([str(ROOT / "scripts" / "install")], capture_output=True, text=True, timeout=60)

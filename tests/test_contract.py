@@ -9,27 +9,17 @@ model runs in-process for the ``detections`` contract.
 
 from __future__ import annotations
 
-import time
 from collections import deque
 
 import cv2
 import numpy as np
 import pytest
 
+from tests.helpers import PNG, Client, FakeClock, send
 from webapp import create_app
 from webapp.config import Settings
 from webapp.vision.labels import LABELS
 from webapp.vision.pipeline import Face, FrameResult, build_pipeline
-
-PNG = cv2.imencode(".png", np.zeros((48, 64, 3), np.uint8))[1].tobytes()
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_800_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class ScriptedPipeline:
@@ -71,45 +61,8 @@ def socketio(app):
     return app.extensions["maskwatch.socketio"]
 
 
-class Client:
-    """A Socket.IO test client that keeps every packet, so waiting for one event never throws
-    away another that arrived with it (a frame's ``alert`` comes just before its ``detections``)."""
-
-    def __init__(self, app, socketio, namespace: str = "/", **kwargs) -> None:
-        self.sio = socketio.test_client(app, namespace=namespace, **kwargs)
-        self.namespace = namespace
-        self.packets: list[dict] = []
-        self.seen: dict[str, int] = {}
-
-    def emit(self, event: str, data) -> None:
-        self.sio.emit(event, data, namespace=self.namespace)
-
-    def received(self, event: str) -> list:
-        self.packets += self.sio.get_received(self.namespace)
-        return [p["args"][0] for p in self.packets if p["name"] == event]
-
-    def wait_for(self, event: str, timeout: float = 10.0):
-        """The next ``event`` not returned before (polls: the workers answer from their own threads)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            events = self.received(event)
-            if len(events) > self.seen.get(event, 0):
-                self.seen[event] = self.seen.get(event, 0) + 1
-                return events[self.seen[event] - 1]
-            time.sleep(0.005)
-        raise AssertionError(f"no {event!r} within {timeout} s")
-
-    def disconnect(self) -> None:
-        self.sio.disconnect(namespace=self.namespace)
-
-
 def camera(app, socketio, name: str | None = "door") -> Client:
     return Client(app, socketio, flask_test_client=app.test_client(), auth={"camera": name} if name else None)
-
-
-def send(client: Client, seq: int, image: bytes = PNG) -> dict:
-    client.emit("frame", {"seq": seq, "image": image})
-    return client.wait_for("detections")
 
 
 def test_create_app_is_cheap(tmp_path):

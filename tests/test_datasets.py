@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import synthetic_face, voc_xml, write_jpeg, write_png
+from tests.helpers import synthetic_face, voc_xml, write_jpeg, write_png
 from training.datasets import (
     CHANDRIKA,
     KAGGLE,

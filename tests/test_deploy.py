@@ -3,14 +3,12 @@
 import sqlite3
 import subprocess
 import sys
-import time
 
 import pytest
 import requests
 import socketio
 
-from tests.conftest import ROOT, LiveServer, free_port
-from tests.test_server import Camera, answer
+from tests.helpers import ROOT, Camera, LiveServer, answer, free_port, poll
 
 
 def stream(url, image, frames, name="door"):
@@ -29,9 +27,12 @@ def test_history_survives_kill_9(data_dir, tmp_path):
     try:
         cam = stream(server.url, image, 6)
         cam.close()  # people still in view are counted when the camera leaves
-        time.sleep(2.5)  # history is written about once a second
-        before = requests.get(server.url + "/api/history?bucket=minute", timeout=5).json()["rows"]
-        stats_before = requests.get(server.url + "/api/stats", timeout=5).json()
+        stats_before = poll(lambda: requests.get(server.url + "/api/stats", timeout=5).json(),
+                            lambda s: not s["cameras"] and sum(s["people"].values()) >= 4)
+        # History is written about once a second: wait until it holds every person counted.
+        before = poll(lambda: requests.get(server.url + "/api/history?bucket=minute", timeout=5).json()["rows"],
+                      lambda rows: sum(r["n"] for r in rows if r["kind"] == "people")
+                      == sum(stats_before["people"].values()))
     finally:
         server.kill_hard()
     people = sum(r["n"] for r in before if r["kind"] == "people")
@@ -65,9 +66,9 @@ def test_alerts_fire_once_per_person(live_server, data_dir):
     try:
         for i in range(10):
             kind, msg = answer(cam, {"seq": i, "image": image, "camera": "alert door"})
-        unmasked = [f for f in msg["faces"] if f["label"] != "with_mask"]
+        unmasked = [f for f in msg["faces"] if f["label"] != "with_mask" and not f["unsure"]]
         assert unmasked and all(f["track"] for f in msg["faces"])
-        time.sleep(0.3)
+        # A frame's alerts are sent before its detections, on the same ordered connection.
         assert len(alerts) == len({f["track"] for f in unmasked})
         assert {a["label"] for a in alerts} <= {"without_mask", "mask_incorrect"}
         assert alerts[0]["camera"] == "alert door"

@@ -1,21 +1,19 @@
 """Acceptance: a video of N distinct people walking past one camera counts exactly N, per class.
 
 The video is composed at test time from dataset faces (never stored) walking across a plain
-background, streamed frame by frame to a real server like the camera page does (one frame in
-flight). Faces are picked so the served pipeline labels the still face as its ground truth:
-this test is about tracking and counting, the classifier has its own tests.
+background, sent frame by frame like the camera page does (one frame in flight), to the app
+in-process with an injected clock, so the walk takes no wall-clock time. Faces are picked so
+the served pipeline labels the still face as its ground truth: this test is about tracking and
+counting, the classifier has its own tests.
 """
-
-import time
 
 import cv2
 import numpy as np
 import pytest
-import requests
 
-from tests.conftest import LiveServer
-from tests.test_server import Camera, answer
+from tests.helpers import Client, FakeClock, send
 from training.datasets import CHANDRIKA, MASKON, load_all, read_rgb, split_by_image
+from webapp import create_app
 from webapp.config import Settings
 from webapp.vision.crop import cut_face
 from webapp.vision.pipeline import build_pipeline
@@ -55,29 +53,36 @@ def people(data_dir, model_dir):
     pytest.fail(f"not enough clearly labelled faces: still need {need}")
 
 
-def test_people_walking_past_are_counted_exactly(people, tmp_path):
-    server = LiveServer(env={"MASKWATCH_WORKERS": "1", "MASKWATCH_HISTORY_PATH": str(tmp_path / "h.db")}).wait_ready()
-    cam = Camera(server.url, "walk test")
+def test_people_walking_past_are_counted_exactly(people, model_dir, tmp_path):
+    """In-process with the real model, on synthetic time: ~14 frames a second while someone
+    walks past, then 1.3 s of empty doorway, so each track ends before the next person."""
+    pipeline = build_pipeline(Settings.load({"model_dir": model_dir}))
+    clock = FakeClock()
+    app = create_app({"history_path": tmp_path / "h.db", "workers": 1, "clock": clock,
+                      "pipeline_factory": lambda sharing: pipeline})
+    service = app.extensions["maskwatch"]
+    cam = Client(app, app.extensions["maskwatch.socketio"], flask_test_client=app.test_client(),
+                 auth={"camera": "walk test"})
     try:
         seq = 0
         for label, patch in people:
             for x in np.linspace(0, 640 - SIZE, 14).astype(int):  # walks across the frame
                 frame = background()
                 frame[165:165 + SIZE, x:x + SIZE] = patch
-                kind, _ = answer(cam, {"seq": seq, "image": encode(frame), "camera": "walk test"})
-                assert kind == "detections"
+                assert send(cam, seq, encode(frame))["faces"]
                 seq += 1
-                time.sleep(0.05)  # ~10-15 frames a second, like a phone on a LAN
+                clock.now += 0.07
             for _ in range(3):  # the doorway is empty until the next person
-                answer(cam, {"seq": seq, "image": encode(background())})
+                send(cam, seq, encode(background()))
                 seq += 1
-            time.sleep(1.3)
-        answer(cam, {"seq": seq, "image": encode(background())})  # ends the last track
-        counted = requests.get(server.url + "/api/stats", timeout=5).json()["people"]
-        assert counted == WANT
-        frames = requests.get(server.url + "/api/history?bucket=hour", timeout=5).json()["rows"]
+                clock.now += 0.07
+            clock.now += 1.3
+        send(cam, seq, encode(background()))  # ends the last track
+        assert app.test_client().get("/api/stats").json["people"] == WANT
+        service.history.flush()
+        frames = app.test_client().get("/api/history?bucket=hour").json["rows"]
         detections = sum(r["n"] for r in frames if r["kind"] == "detections")
         assert detections >= sum(WANT.values()) * 10  # frame-level counts are still there
     finally:
-        cam.close()
-        server.stop()
+        cam.disconnect()
+        service.stop()

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.conftest import synthetic_face
+from tests.helpers import synthetic_face
 from webapp.config import Settings
 from webapp.vision.labels import LABELS
 from webapp.vision.pipeline import (

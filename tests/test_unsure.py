@@ -11,8 +11,7 @@ import numpy as np
 import requests
 
 from bench.frames import compose_frames
-from tests.conftest import LiveServer
-from tests.test_server import Camera, answer
+from tests.helpers import Camera, LiveServer, answer
 from webapp.vision.classifier import MaskClassifier
 
 

@@ -1,0 +1,189 @@
+"""Helpers shared by the tests: synthetic images, a real server in a subprocess and its
+Socket.IO camera client, and the in-process test client with an injectable clock."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import socketio
+
+ROOT = Path(__file__).resolve().parent.parent
+PNG = cv2.imencode(".png", np.zeros((48, 64, 3), np.uint8))[1].tobytes()
+
+
+# -- synthetic images ------------------------------------------------------------------------
+
+def synthetic_face(size: int = 96, seed: int = 0) -> np.ndarray:
+    """A drawn 'face' (no dataset pixels): skin ellipse, eyes, optional mask band."""
+    rng = np.random.default_rng(seed)
+    img = np.full((size, size, 3), rng.integers(60, 200, 3), np.uint8)
+    c = size // 2
+    cv2.ellipse(img, (c, c), (size // 3, size // 2 - 4), 0, 0, 360, (200, 160, 130), -1)
+    cv2.circle(img, (c - size // 8, c - size // 8), 3, (30, 30, 30), -1)
+    cv2.circle(img, (c + size // 8, c - size // 8), 3, (30, 30, 30), -1)
+    return img
+
+
+def write_jpeg(path: Path, image_rgb: np.ndarray, quality: int = 90) -> None:
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR),
+                           [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    path.write_bytes(buf.tobytes())
+
+
+def write_png(path: Path, image_rgb: np.ndarray) -> None:
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR))
+    assert ok
+    path.write_bytes(buf.tobytes())
+
+
+def voc_xml(filename: str, width: int, height: int, objects: list[tuple[str, tuple[int, int, int, int]]]) -> str:
+    objs = "".join(
+        f"<object><name>{name}</name><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin>"
+        f"<xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>" for name, b in objects)
+    return (f"<annotation><filename>{filename}</filename><size><width>{width}</width>"
+            f"<height>{height}</height><depth>3</depth></size>{objs}</annotation>")
+
+
+
+def poll(fetch, done, timeout: float = 10.0, every: float = 0.05):
+    """``fetch()`` until ``done(value)``, at most ``timeout`` seconds; the last value either way."""
+    deadline = time.monotonic() + timeout
+    value = fetch()
+    while not done(value) and time.monotonic() < deadline:
+        time.sleep(every)
+        value = fetch()
+    return value
+
+
+# -- a real server ---------------------------------------------------------------------------
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    """``maskwatch serve`` (gunicorn + Flask-SocketIO) in a subprocess on a loopback port."""
+
+    def __init__(self, extra_args=(), env=None, scheme="http") -> None:
+        import subprocess
+        import sys
+        self.port = free_port()
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
+        self.log = None
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "webapp.cli", "serve", "--port", str(self.port), *extra_args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+            env={**os.environ, **(env or {})}, start_new_session=True)
+
+    def kill_hard(self) -> None:
+        """kill -9 the server and its worker, as a power cut or OOM kill would."""
+        import signal
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def wait_ready(self, timeout: float = 60.0, verify=True) -> "LiveServer":
+        import time
+
+        import requests
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.proc.stdout.read()}")
+            try:
+                if requests.get(self.url + "/healthz", timeout=1, verify=verify).status_code in (200, 401):
+                    return self
+            except requests.RequestException:
+                time.sleep(0.2)
+        raise TimeoutError("server did not become ready")
+
+    def stop(self) -> str:
+        self.proc.terminate()
+        try:
+            out, _ = self.proc.communicate(timeout=15)
+        except Exception:  # noqa: BLE001
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+        return out
+
+
+class Camera:
+    """A python-socketio camera client that records what the server sends it."""
+
+    def __init__(self, url: str, name: str | None = None) -> None:
+        self.sio = socketio.Client(reconnection=False)
+        self.detections, self.errors = [], []
+        self.sio.on("detections", self.detections.append)
+        self.sio.on("frame_error", self.errors.append)
+        self.sio.connect(url, transports=["websocket"], auth={"camera": name} if name else None, wait_timeout=10)
+
+    def close(self):
+        self.sio.disconnect()
+
+
+def answer(cam: Camera, payload, timeout=20.0):
+    n_det, n_err = len(cam.detections), len(cam.errors)
+    cam.sio.emit("frame", payload)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if len(cam.errors) > n_err:
+            return "frame_error", cam.errors[-1]
+        if len(cam.detections) > n_det:
+            return "detections", cam.detections[-1]
+        time.sleep(0.01)
+    raise AssertionError("no answer from the server")
+
+
+
+# -- in-process ------------------------------------------------------------------------------
+
+class FakeClock:
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Client:
+    """A Socket.IO test client that keeps every packet, so waiting for one event never throws
+    away another that arrived with it (a frame's ``alert`` comes just before its ``detections``)."""
+
+    def __init__(self, app, socketio, namespace: str = "/", **kwargs) -> None:
+        self.sio = socketio.test_client(app, namespace=namespace, **kwargs)
+        self.namespace = namespace
+        self.packets: list[dict] = []
+        self.seen: dict[str, int] = {}
+
+    def emit(self, event: str, data) -> None:
+        self.sio.emit(event, data, namespace=self.namespace)
+
+    def received(self, event: str) -> list:
+        self.packets += self.sio.get_received(self.namespace)
+        return [p["args"][0] for p in self.packets if p["name"] == event]
+
+    def wait_for(self, event: str, timeout: float = 10.0):
+        """The next ``event`` not returned before (polls: the workers answer from their own threads)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            events = self.received(event)
+            if len(events) > self.seen.get(event, 0):
+                self.seen[event] = self.seen.get(event, 0) + 1
+                return events[self.seen[event] - 1]
+            time.sleep(0.005)
+        raise AssertionError(f"no {event!r} within {timeout} s")
+
+    def disconnect(self) -> None:
+        self.sio.disconnect(namespace=self.namespace)
+
+
+def send(client: Client, seq: int, image: bytes = PNG) -> dict:
+    client.emit("frame", {"seq": seq, "image": image})
+    return client.wait_for("detections")
