@@ -172,3 +172,32 @@ def test_unsure_faces_are_drawn_grey(browser, unsure_model, data_dir, tmp_path):
     finally:
         chromium.close()
         server.stop()
+
+
+def test_camera_page_on_a_phone_keeps_labels_readable(browser, live_server, data_dir, tmp_path):
+    """A phone-sized page: the placeholder reads on one line, and box labels overlap neither each
+    other nor the fps / round-trip HUD, and stay on the canvas."""
+    video = tmp_path / "faces.y4m"
+    write_y4m(video, compose_frames(data_dir, 3, 4, seed=11))
+    chromium = launch(browser, video)
+    try:
+        page = chromium.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True)
+        page.goto(live_server.url.replace("127.0.0.1", "localhost") + "/")
+        assert page.evaluate("document.querySelector('#placeholder span').getClientRects().length") == 1
+        page.click("#start")
+        page.wait_for_function("() => window.maskwatch.boxesDrawn >= 2", timeout=60_000)
+        state = page.evaluate("window.maskwatch")
+        width, height = page.evaluate("[document.getElementById('overlay').clientWidth,"
+                                      " document.getElementById('overlay').clientHeight]")
+        boxes = state["labels"] + [state["hud"]]
+
+        def overlap(a, b):
+            return (a["x"] < b["x"] + b["w"] and b["x"] < a["x"] + a["w"]
+                    and a["y"] < b["y"] + b["h"] and b["y"] < a["y"] + a["h"])
+
+        for i, a in enumerate(state["labels"]):
+            assert 0 <= a["x"] and a["x"] + a["w"] <= width + 0.5 and 0 <= a["y"] and a["y"] + a["h"] <= height + 0.5
+            assert not any(overlap(a, b) for b in boxes[i + 1:]), (a, boxes)
+        page.screenshot(path=str(tmp_path / "phone.png"))
+    finally:
+        chromium.close()

@@ -31,7 +31,7 @@ def _service():
 
 @bp.get("/")
 def camera():
-    return render_template("camera.html", settings=_service().settings)
+    return render_template("camera.html", alerts=_service().settings.alerts)  # never the whole settings (token)
 
 
 @bp.get("/dashboard")

@@ -119,15 +119,34 @@
   });
 
   function resizeOverlay() {
+    // Only when the view's size changed: resizing a canvas reallocates and clears it.
     const r = video.getBoundingClientRect();
     const dpr = window.devicePixelRatio || 1;
-    overlay.width = Math.round(r.width * dpr);
-    overlay.height = Math.round(r.height * dpr);
+    const w = Math.round(r.width * dpr), h = Math.round(r.height * dpr);
+    if (overlay.width === w && overlay.height === h) return;
+    overlay.width = w;
+    overlay.height = h;
     overlay.style.width = r.width + "px";
     overlay.style.height = r.height + "px";
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
   }
   window.addEventListener("resize", resizeOverlay);
+
+  const overlaps = (a, b) => a.x < b.x + b.w && b.x < a.x + a.w && a.y < b.y + b.h && b.y < a.y + a.h;
+
+  // A label goes above its box, else below, else inside its top edge: the first place that
+  // stays on the canvas and clear of the HUD and of labels already drawn (faces side by side).
+  function placeLabel(box, tw, th, taken, width, height) {
+    const candidates = [
+      { x: box.x, y: box.y - th }, { x: box.x, y: box.y + box.h }, { x: box.x, y: box.y },
+    ];
+    for (const c of candidates) {
+      const r = { x: Math.min(Math.max(c.x, 0), width - tw), y: c.y, w: tw, h: th };
+      if (r.y >= 0 && r.y + th <= height && !taken.some((t) => overlaps(r, t))) return r;
+    }
+    const r = { x: Math.min(Math.max(box.x, 0), width - tw), y: Math.max(box.y - th, 0), w: tw, h: th };
+    return r;
+  }
 
   function draw(msg) {
     resizeOverlay();
@@ -137,24 +156,32 @@
     const scale = Math.min(r.width / msg.width, r.height / msg.height);
     const ox = (r.width - msg.width * scale) / 2;
     const oy = (r.height - msg.height * scale) / 2;
-    ctx.font = "600 14px system-ui, sans-serif";
+    const small = r.width < 480;
+    const fontPx = small ? 11 : 14, th = fontPx + 6;
+    ctx.font = `600 ${fontPx}px system-ui, sans-serif`;
     ctx.textBaseline = "bottom";
+    const hud = document.querySelector(".hud").getBoundingClientRect();
+    const taken = [{ x: hud.left - r.left, y: hud.top - r.top, w: hud.width, h: hud.height }];
+    const labels = [];
     for (const face of msg.faces) {
       const [x0, y0, x1, y1] = face.box;
-      const x = ox + x0 * scale, y = oy + y0 * scale, w = (x1 - x0) * scale, h = (y1 - y0) * scale;
+      const box = { x: ox + x0 * scale, y: oy + y0 * scale, w: (x1 - x0) * scale, h: (y1 - y0) * scale };
       // An unsure face (calibrated score below the model's threshold) is grey and not counted.
       const colour = face.unsure ? UNSURE_COLOUR : COLOURS[face.label] || "#fff";
-      ctx.lineWidth = 3;
+      ctx.lineWidth = small ? 2 : 3;
       ctx.strokeStyle = colour;
-      ctx.strokeRect(x, y, w, h);
+      ctx.strokeRect(box.x, box.y, box.w, box.h);
       const text = face.unsure ? "unsure" : `${NAMES[face.label] || face.label} ${Math.round(face.score * 100)}%`;
-      const tw = ctx.measureText(text).width + 8;
-      const ty = y > 20 ? y : y + h + 20;
+      const label = placeLabel(box, ctx.measureText(text).width + 8, th, taken, r.width, r.height);
+      taken.push(label);
+      labels.push(label);
       ctx.fillStyle = colour;
-      ctx.fillRect(x - 1.5, ty - 20, tw, 20);
+      ctx.fillRect(label.x, label.y, label.w, label.h);
       ctx.fillStyle = "#111";
-      ctx.fillText(text, x + 3, ty - 3);
+      ctx.fillText(text, label.x + 4, label.y + label.h - 3);
     }
+    state.labels = labels;
+    state.hud = taken[0];
     state.boxesDrawn = msg.faces.length;
   }
 
