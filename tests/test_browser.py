@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from bench.frames import compose_frames
-from tests.helpers import ROOT, LiveServer
+from tests.helpers import ROOT, Camera, LiveServer, answer
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -201,3 +201,35 @@ def test_camera_page_on_a_phone_keeps_labels_readable(browser, live_server, data
         page.screenshot(path=str(tmp_path / "phone.png"))
     finally:
         chromium.close()
+
+
+def test_dashboard_shows_earlier_alerts_and_a_clean_chart(browser, data_dir, tmp_path):
+    """A dashboard opened after an alert still lists it; with no camera the chart shows the last
+    ten minutes in order rather than an empty, meaningless axis."""
+    server = LiveServer(env={"MASKWATCH_WORKERS": "1", "MASKWATCH_HISTORY_PATH": str(tmp_path / "h.db")}).wait_ready()
+    video = tmp_path / "v.y4m"
+    write_y4m(video, compose_frames(data_dir, 1, 1), repeat=1)
+    chromium = launch(browser, video)
+    try:
+        page = chromium.new_page()
+        page.goto(server.url + "/dashboard")
+        page.wait_for_function("() => window.maskwatchDashboard.lastCounts !== null", timeout=20_000)
+        low, high = page.evaluate("window.maskwatchDashboard.chartRange")
+        assert high - low == 10 * 60 * 1000 and abs(high - page.evaluate("Date.now()")) < 10_000
+        page.close()
+
+        cam = Camera(server.url, "front door")
+        alerts = []
+        cam.sio.on("alert", alerts.append)
+        image = (data_dir / "kaggle-facemask" / "images" / "maksssksksss1.jpg").read_bytes()  # one unmasked face
+        for i in range(6):
+            assert answer(cam, {"seq": i, "image": image})[0] == "detections"
+        assert alerts
+        later = chromium.new_page()
+        later.goto(server.url + "/dashboard")
+        later.wait_for_function("() => document.querySelectorAll('#alerts li:not(.empty)').length >= 1", timeout=20_000)
+        assert "front door" in later.text_content("#alerts")
+        cam.close()
+    finally:
+        chromium.close()
+        server.stop()

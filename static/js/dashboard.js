@@ -68,13 +68,27 @@
       body.appendChild(tr);
     }
     const t = Date.parse(c.ts);
-    chart.data.datasets.forEach((ds, i) => {
-      ds.data.push({ x: t, y: c.in_view[LABELS[i]] });
-      while (ds.data.length && t - ds.data[0].x > HISTORY_MS) ds.data.shift();
-    });
-    chart.update("none");
+    addPoint(Date.now(), c.in_view);  // this browser's clock for every point: one time order
     $("updated").textContent = "Updated " + new Date(t).toLocaleTimeString();
   }
+
+  // The chart always shows the last ten minutes ending now, in time order, even before any
+  // camera sends (the server only sends 'counts' when something changes, so the last values
+  // are carried forward every few seconds).
+  function addPoint(t, inView) {
+    chart.data.datasets.forEach((ds, i) => {
+      const last = ds.data[ds.data.length - 1];
+      if (!last || t >= last.x) ds.data.push({ x: t, y: inView[LABELS[i]] });
+      while (ds.data.length && t - ds.data[0].x > HISTORY_MS) ds.data.shift();
+    });
+    chart.options.scales.x.min = t - HISTORY_MS;
+    chart.options.scales.x.max = t;
+    chart.update("none");
+    state.chartRange = [chart.options.scales.x.min, chart.options.scales.x.max];
+  }
+  addPoint(Date.now(), { with_mask: 0, mask_incorrect: 0, without_mask: 0 });
+  setInterval(() => addPoint(Date.now(), state.lastCounts ? state.lastCounts.in_view
+    : { with_mask: 0, mask_incorrect: 0, without_mask: 0 }), 5000);
 
   // Today by hour, from the persisted history.
   const hours = new Chart($("hours"), {
@@ -113,8 +127,15 @@
   setInterval(() => loadHours().catch(() => {}), 60000);
 
   const alertedAt = {};
+  const seenAlerts = new Set();
+  // The server replays its recent alerts to a dashboard that (re)connects: list each once, and
+  // only a fresh one (by the server's own clock) marks its camera's row.
   function addAlert(a) {
-    alertedAt[a.camera_id] = Date.now();
+    const key = `${a.camera_id}/${a.track}/${a.ts}`;
+    if (seenAlerts.has(key)) return;
+    seenAlerts.add(key);
+    const serverNow = state.lastCounts ? Date.parse(state.lastCounts.ts) : Date.parse(a.ts);
+    if (serverNow - Date.parse(a.ts) < 10000) alertedAt[a.camera_id] = Date.now();
     const list = $("alerts");
     const empty = list.querySelector(".empty");
     if (empty) empty.remove();
