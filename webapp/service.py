@@ -18,15 +18,15 @@ import os
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Callable, Protocol
 
 from webapp.config import Settings
 from webapp.history import History
+from webapp.session import CameraSession, Observation
 from webapp.slots import FrameSlots, Pending
 from webapp.stats import CameraStats, LiveStats, local_midnight
-from webapp.tracker import FaceTracker, Person
+from webapp.tracker import FaceTracker
 from webapp.vision.labels import WITH_MASK
 from webapp.vision.pipeline import (
     FRAME_FORMATS,
@@ -76,40 +76,6 @@ def parse_frame(data: Any, max_bytes: int) -> tuple[int, bytes, str | None]:
 
 def error_payload(seq: int | None, code: str, message: str) -> dict:
     return {"seq": seq, "code": code, "message": message}
-
-
-@dataclass(frozen=True)
-class Observation:
-    """What one processed frame changed: the result with track ids, and the people it settled."""
-
-    result: FrameResult
-    left: list[Person]  # tracks that ended now: count them
-    confirmed: list[Person]  # tracks that just became people: alert if unmasked
-
-
-@dataclass(eq=False)
-class CameraSession:
-    """Everything the server keeps for one camera connection (one object, one place to drop)."""
-
-    sid: str
-    name: str
-    tracker: FaceTracker
-    stats: CameraStats
-    pending: Pending | None = None  # its latest unprocessed frame (guarded by FrameSlots)
-    received: int = 0  # frames received; every ``tile_every``-th gets the thorough detector pass
-    closed: bool = False
-    alerted: set[int] = field(default_factory=set)  # track ids already alerted
-
-    def observe(self, result: FrameResult, now: float) -> Observation:
-        """Track the faces of a processed frame (one worker at a time per session)."""
-        faces = result.faces
-        ids, left, confirmed = self.tracker.update([f.box for f in faces], [f.label for f in faces],
-                                                   [f.score for f in faces], now, [f.unsure for f in faces])
-        tracked = replace(result, faces=[replace(f, track=i) for f, i in zip(faces, ids)])
-        return Observation(tracked, left, [self.tracker.person(t) for t in confirmed])
-
-    def display_name(self, pending: Pending) -> str:
-        return pending.camera or self.name
 
 
 class Emitter(Protocol):
