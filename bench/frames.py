@@ -51,3 +51,42 @@ def _slots(n: int, rng: np.random.Generator, width: int = 640, height: int = 480
         y = r * cell_h + int(rng.integers(0, cell_h - size + 1))
         slots.append((x, y, size))
     return slots
+
+
+def panning_clip(data_dir: Path, seconds: float = 4.0, fps: int = 25, size: tuple[int, int] = (640, 480),
+                 seed: int = 0) -> list[np.ndarray]:
+    """RGB frames of a camera slowly panning and zooming over a composed scene with 3 faces:
+    every frame differs, as a real webcam's do, and the faces move."""
+    width, height = size
+    scene = cv2.imdecode(np.frombuffer(compose_frames(data_dir, 3, 1, seed, 95, (width * 3 // 2, height * 3 // 2))[0],
+                                       np.uint8), cv2.IMREAD_COLOR)
+    scene = cv2.cvtColor(scene, cv2.COLOR_BGR2RGB)
+    n = max(int(seconds * fps), 2)
+    frames = []
+    for i in range(n):
+        t = i / (n - 1)
+        phase = 0.5 - 0.5 * np.cos(2 * np.pi * t)  # there and back, so the clip loops smoothly
+        zoom = 1.0 + 0.3 * phase
+        w, h = int(scene.shape[1] / 1.5 / zoom * 1.4), int(scene.shape[0] / 1.5 / zoom * 1.4)
+        x = int((scene.shape[1] - w) * phase)
+        y = int((scene.shape[0] - h) * (1 - phase) / 2)
+        frames.append(cv2.resize(scene[y:y + h, x:x + w], size, interpolation=cv2.INTER_AREA))
+    return frames
+
+
+def write_y4m(path: Path, frames: list, fps: int = 10, repeat: int = 1) -> None:
+    """YUV4MPEG2 4:2:0 video (what Chromium's fake capture device plays, looping) from RGB
+    arrays or encoded JPEG/PNG bytes; each frame written ``repeat`` times."""
+    def rgb(frame) -> np.ndarray:
+        if isinstance(frame, np.ndarray):
+            return frame
+        return cv2.cvtColor(cv2.imdecode(np.frombuffer(frame, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+    first = rgb(frames[0])
+    h, w = first.shape[:2]
+    with Path(path).open("wb") as f:
+        f.write(f"YUV4MPEG2 W{w} H{h} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
+        for frame in frames:
+            yuv = cv2.cvtColor(rgb(frame), cv2.COLOR_RGB2YUV_I420).tobytes()
+            for _ in range(repeat):
+                f.write(b"FRAME\n" + yuv)

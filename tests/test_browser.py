@@ -9,30 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 
-from bench.frames import compose_frames
+from bench.frames import compose_frames, write_y4m
 from tests.helpers import ROOT, Camera, LiveServer, answer
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
          "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
-
-
-def write_y4m(path: Path, frames_jpeg: list[bytes], repeat: int = 3) -> None:
-    """YUV4MPEG2 4:2:0 video: what Chromium's fake capture device reads."""
-    first = cv2.imdecode(np.frombuffer(frames_jpeg[0], np.uint8), cv2.IMREAD_COLOR)
-    h, w = first.shape[:2]
-    with path.open("wb") as f:
-        f.write(f"YUV4MPEG2 W{w} H{h} F10:1 Ip A1:1 C420jpeg\n".encode())
-        for data in frames_jpeg:
-            bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-            yuv = cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420).tobytes()
-            for _ in range(repeat):
-                f.write(b"FRAME\n" + yuv)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +54,7 @@ def test_camera_page_over_https(browser, data_dir, tmp_path):
 
 def stream_and_check(browser, url, data_dir, tmp_path, https=False):
     video = tmp_path / "faces.y4m"
-    write_y4m(video, compose_frames(data_dir, 3, 6, seed=7))
+    write_y4m(video, compose_frames(data_dir, 3, 6, seed=7), repeat=3)
     chromium = launch(browser, video)
     try:
         # The self-signed certificate is not in headless Chromium's store; a phone would trust it once.
@@ -148,7 +133,7 @@ def test_unsure_faces_are_drawn_grey(browser, unsure_model, data_dir, tmp_path):
     server = LiveServer(env={"MASKWATCH_MODEL": str(unsure_model), "MASKWATCH_WORKERS": "1",
                              "MASKWATCH_HISTORY_PATH": str(tmp_path / "h.db")}).wait_ready()
     video = tmp_path / "faces.y4m"
-    write_y4m(video, compose_frames(data_dir, 3, 4, seed=7))
+    write_y4m(video, compose_frames(data_dir, 3, 4, seed=7), repeat=3)
     chromium = launch(browser, video)
     try:
         page = chromium.new_page(viewport={"width": 1100, "height": 900})
@@ -178,7 +163,7 @@ def test_camera_page_on_a_phone_keeps_labels_readable(browser, live_server, data
     """A phone-sized page: the placeholder reads on one line, and box labels overlap neither each
     other nor the fps / round-trip HUD, and stay on the canvas."""
     video = tmp_path / "faces.y4m"
-    write_y4m(video, compose_frames(data_dir, 3, 4, seed=11))
+    write_y4m(video, compose_frames(data_dir, 3, 4, seed=11), repeat=3)
     chromium = launch(browser, video)
     try:
         page = chromium.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True)

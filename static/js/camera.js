@@ -21,7 +21,7 @@
   // State the page exposes for automated tests (and curious users in the console).
   const state = (window.maskwatch = {
     streaming: false, connected: false, framesSent: 0, framesAnswered: 0, errors: 0,
-    lastDetections: null, boxesDrawn: 0, lastError: null,
+    lastDetections: null, boxesDrawn: 0, lastError: null, rtts: [], capture: null, cameraFrames: 0,
   });
 
   let stream = null;
@@ -64,6 +64,8 @@
     state.framesAnswered += 1;
     state.lastDetections = msg;
     rttAvg = rttAvg === null ? rtt : 0.8 * rttAvg + 0.2 * rtt;
+    state.rtts.push(rtt);
+    if (state.rtts.length > 1000) state.rtts.splice(0, state.rtts.length - 1000);
     const now = performance.now();
     answerTimes.push(now);
     answerTimes = answerTimes.filter((t) => now - t < 2000);
@@ -71,7 +73,11 @@
     $("hud-fps").textContent = span > 0 ? ((answerTimes.length - 1) / span).toFixed(1) : "–";
     $("hud-rtt").textContent = Math.round(rttAvg) + " ms";
     $("hud-faces").textContent = String(msg.faces.length);
+    // The page's own cost per frame, for bench/browser.py (cleared every 500 frames).
+    const t0 = performance.now();
     draw(msg);
+    performance.measure("maskwatch-draw", { start: t0, end: performance.now() });
+    if (state.framesAnswered % 500 === 0) performance.clearMeasures();
     pump();
   });
 
@@ -185,24 +191,92 @@
     state.boxesDrawn = msg.faces.length;
   }
 
+  // Where frames come from. Where the browser has MediaStreamTrackProcessor (Chromium), frames
+  // are read from the camera track itself: unlike the <video> element, animation frames and
+  // timers, a track keeps delivering when another tab is in front, so a door laptop used for
+  // something else keeps streaming (bench/browser.py measures both). Elsewhere the page draws
+  // the <video> element and says so when it is hidden.
+  const TRACK_CAPTURE = typeof window.MediaStreamTrackProcessor === "function" && typeof OffscreenCanvas === "function";
+  let trackCopy = null;
+  let reader = null;
+  let latest = null; // the newest camera frame not sent yet (a VideoFrame)
+
+  async function readTrack(track) {
+    trackCopy = track;
+    reader = new MediaStreamTrackProcessor({ track }).readable.getReader();
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        state.cameraFrames += 1;
+        if (latest) latest.close(); // only the newest frame matters: close the rest at once
+        latest = value;
+        pump();
+      }
+    } catch (err) {
+      // the track ended (Stop, another camera chosen)
+    }
+    if (latest) { latest.close(); latest = null; }
+  }
+
+  // Without the track reader, a hidden page's <video> and timers slow to a crawl: say so.
+  document.addEventListener("visibilitychange", () => {
+    if (document.visibilityState === "visible" && state.streaming && state.capture === "video" && state.wasHidden) {
+      showMessage("Streaming slowed down while this page was behind another tab or window: this browser " +
+        "pauses hidden pages. Keep the camera page in front (Chrome or Edge keep streaming).", "warning");
+    }
+    state.wasHidden = document.visibilityState === "hidden";
+  });
+
+  function stopTrackReader() {
+    if (reader) reader.cancel().catch(() => {});
+    if (trackCopy) trackCopy.stop();
+    reader = null;
+    trackCopy = null;
+  }
+
+  function sendSize(vw, vh) {
+    const w = Math.min(SEND_WIDTH, vw);
+    return [w, Math.round((vh * w) / vw)];
+  }
+
   function pump() {
-    if (!state.streaming || !state.connected || inFlight || video.readyState < 2) return;
+    if (!state.streaming || !state.connected || inFlight) return;
+    if (state.capture === "track") {
+      if (!latest) return; // the next camera frame calls pump again
+      const frame = latest;
+      latest = null;
+      const [w, h] = sendSize(frame.displayWidth, frame.displayHeight);
+      const t0 = performance.now();
+      const off = new OffscreenCanvas(w, h);
+      off.getContext("2d").drawImage(frame, 0, 0, w, h);
+      frame.close();
+      performance.measure("maskwatch-capture", { start: t0, end: performance.now() });
+      send(off.convertToBlob({ type: "image/jpeg", quality: JPEG_QUALITY }));
+      return;
+    }
+    if (video.readyState < 2) return;
     const vw = video.videoWidth, vh = video.videoHeight;
     if (!vw || !vh) { setTimeout(pump, 100); return; }
-    const w = Math.min(SEND_WIDTH, vw);
-    const h = Math.round((vh * w) / vw);
+    const [w, h] = sendSize(vw, vh);
     if (capture.width !== w || capture.height !== h) { capture.width = w; capture.height = h; }
+    const t0 = performance.now();
     captureCtx.drawImage(video, 0, 0, w, h);
+    performance.measure("maskwatch-capture", { start: t0, end: performance.now() });
+    send(new Promise((resolve) => capture.toBlob(resolve, "image/jpeg", JPEG_QUALITY)));
+  }
+
+  function send(blobPromise) {
     const mySeq = ++seq;
     inFlight = { seq: mySeq, sentAt: performance.now() };
-    capture.toBlob(async (blob) => {
+    blobPromise.then(async (blob) => {
       if (!blob || !inFlight || inFlight.seq !== mySeq) return;
       const image = await blob.arrayBuffer();
       socket.emit("frame", { seq: mySeq, image, camera: nameInput.value.trim() || undefined });
       state.framesSent += 1;
       watchdog = setTimeout(() => { if (inFlight && inFlight.seq === mySeq) { inFlight = null; pump(); } },
         ANSWER_TIMEOUT_MS);
-    }, "image/jpeg", JPEG_QUALITY);
+    }).catch(() => { if (inFlight && inFlight.seq === mySeq) { inFlight = null; } });
   }
 
   function cameraError(err) {
@@ -261,6 +335,8 @@
     video.srcObject = stream;
     await video.play().catch(() => {});
     state.streaming = true;
+    state.capture = TRACK_CAPTURE ? "track" : "video";
+    if (TRACK_CAPTURE) readTrack(stream.getVideoTracks()[0].clone());
     if (!socket.connected) socket.connect();
     $("placeholder").hidden = true;
     $("start").hidden = true;
@@ -271,6 +347,7 @@
   }
 
   function stopStream() {
+    stopTrackReader();
     if (stream) stream.getTracks().forEach((t) => t.stop());
     stream = null;
   }
