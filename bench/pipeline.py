@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.frames import compose_frames  # noqa: E402
 from webapp.config import Settings  # noqa: E402
 from webapp.vision.crop import crop_faces  # noqa: E402
-from webapp.vision.detector import DETECTORS, HaarDetector  # noqa: E402
+from webapp.vision.detector import DETECTORS  # noqa: E402
+from webapp.vision.haar import HaarDetector  # noqa: E402
 from webapp.vision.pipeline import build_pipeline, decode_image  # noqa: E402
 
 STAGES = ("decode", "detect", "classify", "total")

@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
+from webapp.vision.blazeface import ssd_anchor_centres, tile_regions
 from webapp.vision.boxes import Detection, weighted_nms
-from webapp.vision.detector import create_detector, ssd_anchor_centres, tile_regions
+from webapp.vision.detector import create_detector
 
 
 def test_anchor_layouts_match_the_models_outputs():

@@ -11,7 +11,7 @@ from webapp.vision.trained_detector import DETECTOR_CONTRACT, DETECTOR_FILE, Tra
 
 def test_rebuilt_blazeface_matches_litert():
     from training.blazeface_keras import FULL_RANGE_FILE, build_from_tflite, check_against_litert
-    from webapp.vision.detector import blazeface_model_dir
+    from webapp.vision.blazeface import blazeface_model_dir
 
     source = blazeface_model_dir() / FULL_RANGE_FILE
     model = build_from_tflite(source)

@@ -19,8 +19,8 @@ from tqdm import tqdm
 
 from training.datasets import Sample, read_rgb
 from training.detection_metrics import RECALL_IOU
+from webapp.vision.blazeface import blazeface_model_dir
 from webapp.vision.boxes import iou_matrix
-from webapp.vision.detector import blazeface_model_dir
 from webapp.vision.trained_detector import DETECTOR_CONTRACT, DETECTOR_FILE, TrainedDetector
 
 TARGET_PRECISION = 0.93

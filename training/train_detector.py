@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from training.blazeface_keras import DIVISOR, FULL_RANGE_FILE, STRIDE, build_from_tflite, check_against_litert
     from webapp.config import Settings
-    from webapp.vision.detector import blazeface_model_dir
+    from webapp.vision.blazeface import blazeface_model_dir
 
     started = time.time()
     keras.utils.set_random_seed(args.seed)
