@@ -155,6 +155,24 @@ def test_alerts_reach_the_camera_and_later_dashboards(app, socketio, scripted, c
     assert len(cam.received("alert")) == 1
 
 
+def test_counts_are_sent_only_when_something_changed(tmp_path, scripted):
+    # The background broadcaster waits an hour here, so only the test's own calls send.
+    app = create_app({"history_path": tmp_path / "h.db", "workers": 1, "counts_interval": 3600,
+                      "pipeline_factory": lambda sharing: scripted})
+    socketio, service = app.extensions["maskwatch.socketio"], app.extensions["maskwatch"]
+    dashboard = Client(app, socketio, "/dashboard")
+    dashboard.wait_for("counts")  # on connect
+    sent = service.broadcast_if_changed(-1)
+    assert len(dashboard.received("counts")) == 2
+    assert service.broadcast_if_changed(sent) == sent and len(dashboard.received("counts")) == 2  # nothing new
+    cam = camera(app, socketio)
+    send(cam, 1)
+    service.broadcast_if_changed(sent)
+    counts = dashboard.received("counts")
+    assert len(counts) == 3 and [c["name"] for c in counts[-1]["cameras"]] == ["door"]
+    service.stop()
+
+
 def test_unnamed_cameras_get_distinct_names_and_leave_at_once(app, socketio):
     a, b = camera(app, socketio, None), camera(app, socketio, None)
     names = sorted(c["name"] for c in app.test_client().get("/api/stats").json["cameras"])

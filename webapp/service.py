@@ -274,6 +274,11 @@ class InferenceService:
         sent = -1
         while self._running:
             self.socketio.sleep(self.settings.counts_interval)
-            if self.stats.version != sent:
-                sent = self.stats.version
-                self.socketio.emit("counts", self.snapshot(), namespace="/dashboard")
+            sent = self.broadcast_if_changed(sent)
+
+    def broadcast_if_changed(self, sent: int) -> int:
+        """Send ``counts`` to dashboards if anything changed since version ``sent``; the version sent."""
+        version = self.stats.version
+        if version != sent:
+            self.socketio.emit("counts", self.snapshot(), namespace="/dashboard")
+        return version
