@@ -135,15 +135,23 @@ def run_crossval(faces: FaceSet, fold_of: np.ndarray, recipe: Recipe, out: Path,
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def start_run(args: argparse.Namespace, program: str, argv: list[str] | None
+              ) -> tuple[Settings, Recipe, dict]:
+    """Logging, settings, offline backbone weights, the recipe, and the run's config record
+    (recipe, folds, data and the command that reproduces it) for a classifier run."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = Settings.load({"data_dir": args.data, "weights_dir": args.weights})
     install_offline_weights(settings.weights_dir)
     recipe = Recipe.from_args(args)
     config = {"recipe": recipe.as_dict(), "folds": args.folds, "datasets": args.datasets,
               "limit_images": args.limit_images,
-              "command": "python -m training.crossval " + " ".join(sys.argv[1:] if argv is None else argv)}
+              "command": f"python -m {program} " + " ".join(sys.argv[1:] if argv is None else argv)}
+    return settings, recipe, config
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    settings, recipe, config = start_run(args, "training.crossval", argv)
     dev, _ = load_splits(settings.data_dir, args.datasets, args.limit_images)
     faces, fold_of = development_faces(dev, args.folds, recipe.seed)
     run_crossval(faces, fold_of, recipe, args.work / args.name, config, args.only_folds, args.resume)

@@ -21,20 +21,18 @@ import argparse
 import hashlib
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from training.crossval import development_faces, load_splits, run_crossval
+from training.crossval import development_faces, load_splits, run_crossval, start_run
 from training.datasets import ALL_DATASETS, KAGGLE, describe_split, face_counts
 from training.faces import FaceSet
-from training.fit import Recipe, export_classifier, fit_classifier, install_offline_weights
+from training.fit import Recipe, export_classifier, fit_classifier
 from training.metrics import SIZE_BUCKETS, classifier_section, format_report, size_bucket
 from training.oof import expected_calibration_error, reliability
-from webapp.config import Settings
 from webapp.vision.classifier import MaskClassifier
 from webapp.vision.crop import to_model_input
 from webapp.vision.labels import LABELS
@@ -84,12 +82,9 @@ def serving_decisions(cv: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    settings = Settings.load({"data_dir": args.data, "weights_dir": args.weights})
-    install_offline_weights(settings.weights_dir)
-    recipe = Recipe.from_args(args)
-    command = "python -m training.train " + " ".join(sys.argv[1:] if argv is None else argv)
     started = time.time()
+    settings, recipe, config = start_run(args, "training.train", argv)
+    command = config["command"]
 
     # ---- Data: development images (cross-validation and the final fit) and validation ----------
     dev_samples, val_samples = load_splits(settings.data_dir, args.datasets, args.limit_images)
@@ -98,8 +93,6 @@ def main(argv: list[str] | None = None) -> int:
     print(describe_split(dev_samples, val_samples).replace(" train ", " dev   "))
 
     # ---- Cross-validation: scores, calibration and the decision rule ---------------------------
-    config = {"recipe": recipe.as_dict(), "folds": args.folds, "datasets": args.datasets,
-              "limit_images": args.limit_images, "command": command}
     cv_dir = args.cv or Path("runs/cv") / ("recipe-" + _recipe_hash(config))
     cv = run_crossval(faces, fold_of, recipe, cv_dir, config)
     decisions = serving_decisions(cv)
