@@ -15,6 +15,12 @@ from webapp.config import Settings
 # Set before any test module imports TensorFlow (collection imports training.train): the
 # detector's training step crashes in TensorFlow's oneDNN kernels (see training/train_detector.py).
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+# Plain `pytest` from the repository root finds the shared datasets and weights next to the
+# checkout (where CI and the developer machines keep them) unless the variables say otherwise.
+for _variable, _folder in (("MASKWATCH_DATA", "datasets"), ("MASKWATCH_WEIGHTS", "weights/keras")):
+    if _variable not in os.environ and (ROOT.parent / "shared" / _folder).is_dir():
+        os.environ[_variable] = str(ROOT.parent / "shared" / _folder)
+os.environ.setdefault("KERAS_HOME", str(ROOT / ".keras_home"))
 
 
 @pytest.fixture(scope="session")
