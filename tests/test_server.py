@@ -1,7 +1,6 @@
 """A real server (gunicorn + Flask-SocketIO on loopback) driven by real Socket.IO clients."""
 
 import threading
-import time
 
 import cv2
 import numpy as np
@@ -9,7 +8,7 @@ import pytest
 import requests
 import socketio
 
-from tests.helpers import Camera, answer
+from tests.helpers import Camera, answer, poll
 from webapp.slots import FrameSlots, Pending
 from webapp.stats import CameraStats, LiveStats
 from webapp.vision.labels import LABELS
@@ -68,10 +67,7 @@ def test_dashboard_counts_follow_frames_from_two_cameras(live_server, frame_byte
     dash.connect(live_server.url, namespaces=["/dashboard"], transports=["websocket"], wait_timeout=10)
     a, b = Camera(live_server.url, "north door"), Camera(live_server.url, "south door")
     try:
-        deadline = time.time() + 10
-        while not counts and time.time() < deadline:
-            time.sleep(0.05)
-        assert counts, "no counts on connect"
+        assert poll(lambda: len(counts), bool), "no counts on connect"
         blank = cv2.imencode(".png", np.zeros((120, 160, 3), np.uint8))[1].tobytes()
         results = {}
 
@@ -87,13 +83,12 @@ def test_dashboard_counts_follow_frames_from_two_cameras(live_server, frame_byte
             t.join(60)
         assert all(kind == "detections" for kind, _ in results.values()) and len(results) == 10
         faces_north = len(results[("north door", 4)][1]["faces"])
-        deadline = time.time() + 5
-        while time.time() < deadline:
-            cams = {c["name"]: c for c in counts[-1]["cameras"]}
-            if {"north door", "south door"} <= set(cams) and sum(cams["north door"]["in_view"].values()) == faces_north:
-                break
-            time.sleep(0.1)
-        last = counts[-1]
+        def settled(last):
+            cams = {c["name"]: c for c in last["cameras"]}
+            both = {"north door", "south door"} <= set(cams)
+            return both and sum(cams["north door"]["in_view"].values()) == faces_north
+
+        last = poll(lambda: counts[-1], settled, timeout=5)
         cams = {c["name"]: c for c in last["cameras"]}
         assert sum(cams["north door"]["in_view"].values()) == faces_north >= 4
         assert sum(cams["south door"]["in_view"].values()) == 0
@@ -105,9 +100,7 @@ def test_dashboard_counts_follow_frames_from_two_cameras(live_server, frame_byte
         # Cameras leave: the people still in view are counted, once each.
         a.close()
         b.close()
-        deadline = time.time() + 5
-        while time.time() < deadline and sum(counts[-1]["people"].values()) < people_before + faces_north:
-            time.sleep(0.1)
+        poll(lambda: counts[-1], lambda c: sum(c["people"].values()) >= people_before + faces_north, timeout=5)
         assert sum(counts[-1]["people"].values()) == people_before + faces_north
         assert 0 <= counts[-1]["compliance"] <= 1
     finally:

@@ -5,13 +5,12 @@ probability, so every face is unsure whichever real faces happen to score low.
 """
 
 import sqlite3
-import time
 
 import numpy as np
 import requests
 
 from bench.frames import compose_frames
-from tests.helpers import Camera, LiveServer, answer
+from tests.helpers import Camera, LiveServer, answer, poll
 from webapp.vision.classifier import MaskClassifier
 
 
@@ -43,12 +42,7 @@ def test_unsure_faces_never_change_counts_compliance_or_alerts(unsure_model, dat
             assert sum(stats["in_view"].values()) == 0  # unsure faces are not "in view" per class
         assert len(faces) >= 10 and all(f["unsure"] for f in faces)
         cam.close()  # ends every track: people still in view would be counted now
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            stats = requests.get(server.url + "/api/stats", timeout=5).json()
-            if not stats["cameras"]:
-                break
-            time.sleep(0.05)
+        stats = poll(lambda: requests.get(server.url + "/api/stats", timeout=5).json(), lambda s: not s["cameras"])
         assert not stats["cameras"]
         assert stats["people"] == before["people"] and stats["compliance"] == before["compliance"]
         assert alerts == []
