@@ -173,6 +173,15 @@ def test_counts_are_sent_only_when_something_changed(tmp_path, scripted):
     service.stop()
 
 
+def test_a_camera_page_in_the_background_is_flagged_on_the_dashboard(app, socketio):
+    cam = camera(app, socketio)
+    cam.emit("frame", {"seq": 1, "image": PNG, "hidden": True})
+    cam.wait_for("detections")
+    assert app.test_client().get("/api/stats").json["cameras"][0]["page_hidden"] is True
+    send(cam, 2)
+    assert app.test_client().get("/api/stats").json["cameras"][0]["page_hidden"] is False
+
+
 def test_unnamed_cameras_get_distinct_names_and_leave_at_once(app, socketio):
     a, b = camera(app, socketio, None), camera(app, socketio, None)
     names = sorted(c["name"] for c in app.test_client().get("/api/stats").json["cameras"])

@@ -49,8 +49,8 @@ class PayloadError(FrameError):
     code = "bad_payload"
 
 
-def parse_frame(data: Any, max_bytes: int) -> tuple[int, bytes, str | None]:
-    """(seq, image bytes, camera name) of a ``frame`` event, or a typed error.
+def parse_frame(data: Any, max_bytes: int) -> tuple[int, bytes, str | None, bool]:
+    """(seq, image bytes, camera name, page hidden) of a ``frame`` event, or a typed error.
 
     The one validation of a camera frame: payload types, size against the frame limit, and
     the image header (format by magic bytes, pixel dimensions, completeness). The worker then
@@ -71,7 +71,7 @@ def parse_frame(data: Any, max_bytes: int) -> tuple[int, bytes, str | None]:
     check_image_bytes(image, max_bytes, formats=FRAME_FORMATS, hint=" - send a smaller resolution or a "
                       "lower JPEG quality")
     camera = (camera or "").strip()[:MAX_CAMERA_NAME] or None
-    return seq, image, camera
+    return seq, image, camera, data.get("hidden") is True
 
 
 def error_payload(seq: int | None, code: str, message: str) -> dict:
@@ -175,10 +175,11 @@ class InferenceService:
         if session is None:
             return error_payload(seq, "not_connected", "connect as a camera before sending frames")
         try:
-            seq, image, camera = parse_frame(data, self.settings.max_frame_bytes)
+            seq, image, camera, hidden = parse_frame(data, self.settings.max_frame_bytes)
         except FrameError as exc:
             return error_payload(seq, exc.code, exc.message)
         number, session.received = session.received, session.received + 1
+        session.stats.page_hidden = hidden
         if self.slots.put(session, Pending(seq, image, camera, self.clock(), number)) is not None:
             session.stats.dropped += 1
         return None

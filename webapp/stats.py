@@ -33,6 +33,7 @@ class CameraStats:
     fps: float = 0.0  # exponential moving average of processed frames per second
     latency_ms: float = 0.0  # server-side processing time (EMA)
     in_view: dict[str, int] = field(default_factory=_zeros)
+    page_hidden: bool = False  # the camera page says it is behind another tab or window
 
     def record(self, name: str, labels: list[str], total_ms: float, now: float, ema: float = 0.2) -> None:
         """One processed frame with the labels of the (sure) faces in it. Written by the one
@@ -58,6 +59,7 @@ class CameraStats:
             "frames": self.frames, "dropped": self.dropped,
             "last_seen": None if self.last_seen is None else _iso(self.last_seen),
             "in_view": _zeros() if stale else dict(self.in_view),
+            "page_hidden": self.page_hidden,
         }
 
 

@@ -272,7 +272,8 @@
     blobPromise.then(async (blob) => {
       if (!blob || !inFlight || inFlight.seq !== mySeq) return;
       const image = await blob.arrayBuffer();
-      socket.emit("frame", { seq: mySeq, image, camera: nameInput.value.trim() || undefined });
+      socket.emit("frame", { seq: mySeq, image, camera: nameInput.value.trim() || undefined,
+        hidden: document.visibilityState === "hidden" || undefined });
       state.framesSent += 1;
       watchdog = setTimeout(() => { if (inFlight && inFlight.seq === mySeq) { inFlight = null; pump(); } },
         ANSWER_TIMEOUT_MS);

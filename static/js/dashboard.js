@@ -63,7 +63,9 @@
       if (cam.in_view.without_mask || cam.in_view.mask_incorrect || Date.now() - (alertedAt[cam.id] || 0) < 10000) {
         tr.className = "alert";
       }
-      [cam.name, cam.fps.toFixed(1), ago(cam.last_seen), cam.in_view.with_mask, cam.in_view.mask_incorrect,
+      // A camera page behind another tab may slow down (browsers pause hidden pages): say so.
+      const name = cam.page_hidden ? `${cam.name} (page in background)` : cam.name;
+      [name, cam.fps.toFixed(1), ago(cam.last_seen), cam.in_view.with_mask, cam.in_view.mask_incorrect,
         cam.in_view.without_mask].forEach((v) => tr.appendChild(cell(String(v))));
       body.appendChild(tr);
     }
