@@ -1,12 +1,14 @@
 """The shipped classifier: TFLite agrees with Keras, scores real validation faces well, no TF at serve time."""
 
 import json
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+from training.crossval import DEV_SPLIT_SEED, VAL_FRACTION
 from training.datasets import CHANDRIKA, KAGGLE, MASKON, load_all, split_by_image
 from training.faces import FaceSet
 from training.metrics import classifier_section
@@ -21,10 +23,9 @@ def classifier(model_dir):
 
 
 @pytest.fixture(scope="module")
-def val_faces(data_dir, model_dir):
-    """Validation faces of the shipped model's own split (never trained on)."""
-    config = json.loads((model_dir / "metrics.json").read_text())["config"]
-    _, val = split_by_image(load_all(data_dir), config["val_fraction"], config["seed"])
+def val_faces(data_dir):
+    """Validation faces of the shipped model's split (never trained on, never used to choose)."""
+    _, val = split_by_image(load_all(data_dir), VAL_FRACTION, DEV_SPLIT_SEED)
     return FaceSet(val, desc="val")
 
 
@@ -41,13 +42,13 @@ def test_tflite_agrees_with_keras(classifier, model_dir, val_faces):
     crops = to_model_input(val_faces.crops(classifier.input_size, classifier.margin)[idx])
     model = keras.saving.load_model(model_dir / "mask_classifier.keras", compile=False)
     expected = model.predict(crops, verbose=0)
-    got = np.concatenate([classifier.predict_proba(crops[:1]), classifier.predict_proba(crops[1:])])
+    got = np.concatenate([classifier.raw_proba(crops[:1]), classifier.raw_proba(crops[1:])])
     assert np.abs(got - expected).max() <= 1e-4
 
 
 def test_shipped_model_classifies_real_faces(classifier, val_faces):
     crops = to_model_input(val_faces.crops(classifier.input_size, classifier.margin))
-    pred = np.array(classifier.labels)[classifier.predict_proba(crops).argmax(1)]
+    pred = np.array(classifier.labels)[classifier.decide(classifier.predict_proba(crops))]
     true = np.array(LABELS)[val_faces.labels]
     sources = val_faces.sources
     kaggle = classifier_section(true[sources == KAGGLE], pred[sources == KAGGLE])
@@ -92,3 +93,32 @@ def test_serving_does_not_import_tensorflow(model_dir):
         "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TF imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def with_contract(model_dir, folder, **changes):
+    for name in ("mask_classifier.tflite", "labels.json"):
+        shutil.copy(model_dir / name, folder / name)
+    contract = {**json.loads((model_dir / "labels.json").read_text()), **changes}
+    (folder / "labels.json").write_text(json.dumps(contract))
+    return MaskClassifier(folder)
+
+
+def test_decisions_from_the_contract(model_dir, tmp_path):
+    """Temperature, mirrored-crop averaging and class offsets in labels.json are what is served."""
+    s = MaskClassifier(model_dir).input_size
+    crops = np.random.default_rng(1).uniform(-1, 1, (6, s, s, 3)).astype(np.float32)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    plain = with_contract(model_dir, tmp_path / "a", temperature=1.0, flip_average=False,
+                          decision_offsets=[0.0, 0.0, 0.0])
+    tuned = with_contract(model_dir, tmp_path / "b", temperature=2.0, flip_average=True,
+                          decision_offsets=[0.0, 5.0, 0.0])
+    raw = plain.raw_proba(crops)
+    mirrored = (raw + plain.raw_proba(np.ascontiguousarray(crops[:, :, ::-1]))) / 2
+    expected = np.sqrt(mirrored) / np.sqrt(mirrored).sum(1, keepdims=True)  # softmax(log p / 2)
+    assert np.allclose(tuned.predict_proba(crops), expected, atol=1e-5)
+    assert np.array_equal(plain.decide(raw), raw.argmax(1))
+    assert all(p.label == "mask_incorrect" for p in tuned.classify(crops))  # a large offset wins
+    with pytest.raises(ModelFilesError, match="temperature"):
+        (tmp_path / "c").mkdir()
+        with_contract(model_dir, tmp_path / "c", temperature=-1.0)
