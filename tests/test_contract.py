@@ -197,6 +197,19 @@ def test_frames_from_a_socket_that_is_not_a_camera_are_refused(app, socketio):
     assert dashboard.received("detections") == [] and dashboard.received("frame_error") == []
 
 
+def test_clients_cannot_send_the_reserved_connect_and_disconnect_events(app, socketio, scripted, clock):
+    cam = camera(app, socketio, "door")
+    cam.emit("disconnect", None)  # would hide the camera and count its people
+    cam.emit("connect", {"camera": "renamed"})  # would rename it and reset its stats
+    send(cam, 1)
+    cameras = app.test_client().get("/api/stats").json["cameras"]
+    assert [c["name"] for c in cameras] == ["door"] and cameras[0]["frames"] == 1
+    dashboard = Client(app, socketio, "/dashboard")
+    dashboard.wait_for("counts")
+    dashboard.emit("connect", None)  # would make the server send counts and alerts again
+    assert len(dashboard.received("counts")) == 1
+
+
 def test_token_guards_pages_api_and_sockets(tmp_path, scripted):
     app = create_app({"history_path": tmp_path / "h.db", "token": "s3cret", "pipeline_factory": lambda n: scripted})
     sio = app.extensions["maskwatch.socketio"]

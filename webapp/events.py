@@ -27,6 +27,15 @@ class ServiceNamespace(Namespace):
         super().__init__(namespace)
         self.service = service
 
+    def trigger_event(self, event: str, *args: Any) -> Any:
+        """Run a handler - but never for a client that *sends* an event named ``connect`` or
+        ``disconnect``: the real ones arrive while the connection is still pending or already
+        leaving, a forged one from a connected client (it would rename, hide or recount a camera)."""
+        if event in ("connect", "disconnect") and args and self.server.manager.is_connected(args[0], self.namespace):
+            log.warning("ignored a %r event sent by client %s", event, args[0])
+            return None
+        return super().trigger_event(event, *args)
+
     def check_token(self) -> None:
         if not token_ok(request, self.service.settings.token):
             raise ConnectionRefusedError("unauthorized")
