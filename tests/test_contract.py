@@ -9,6 +9,8 @@ model runs in-process for the ``detections`` contract.
 
 from __future__ import annotations
 
+import csv
+import io
 from collections import deque
 
 import cv2
@@ -108,6 +110,8 @@ BAD = [
     ("too large", {"seq": 1, "image": b"\xff\xd8\xff" + b"\0" * (2 * 1024 * 1024 + 10)}, "too_large"),
     ("too many pixels", {"seq": 1, "image": cv2.imencode(".png", np.zeros((4100, 8, 3), np.uint8))[1].tobytes()},
      "too_large"),
+    ("more than 1920x1080", {"seq": 1, "image": cv2.imencode(".jpg", np.zeros((1200, 1920, 3), np.uint8))[1].tobytes()},
+     "too_large"),
 ]
 
 
@@ -120,6 +124,11 @@ def test_bad_frames_get_errors_and_the_connection_stays_usable(app, socketio, na
     if isinstance(payload, dict) and isinstance(payload.get("seq"), int) and not isinstance(payload["seq"], bool):
         assert error["seq"] == payload["seq"]
     assert send(cam, 99)["seq"] == 99
+
+
+def test_a_jpeg_with_bytes_after_its_end_marker_is_accepted(app, socketio):
+    jpeg = cv2.imencode(".jpg", np.full((48, 64, 3), 90, np.uint8))[1].tobytes()
+    assert send(camera(app, socketio), 5, jpeg + b"trailer from a camera")["seq"] == 5
 
 
 def test_people_are_counted_once_on_synthetic_time(app, socketio, scripted, clock):
@@ -210,12 +219,26 @@ def test_clients_cannot_send_the_reserved_connect_and_disconnect_events(app, soc
     assert len(dashboard.received("counts")) == 1
 
 
+@pytest.mark.parametrize("name", ['=HYPERLINK("http://x","y")', "+1+1", "-2", "@SUM(A1)"])
+def test_history_csv_never_hands_a_spreadsheet_a_formula(app, socketio, scripted, name):
+    cam = camera(app, socketio, name)
+    scripted.script.append([face(10, "with_mask")])
+    send(cam, 1)
+    app.extensions["maskwatch"].history.flush()
+    rows = list(csv.DictReader(io.StringIO(app.test_client().get("/api/history.csv").text)))
+    assert rows and {r["camera"] for r in rows} == {"'" + name}
+    assert app.test_client().get("/api/history").json["rows"][0]["camera"] == name  # JSON keeps the name
+
+
 def test_token_guards_pages_api_and_sockets(tmp_path, scripted):
     app = create_app({"history_path": tmp_path / "h.db", "token": "s3cret", "pipeline_factory": lambda n: scripted})
     sio = app.extensions["maskwatch.socketio"]
     client = app.test_client()
     assert client.get("/").status_code == 302 and client.get("/api/stats").status_code == 401
     assert client.get("/api/stats", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    wrong = client.get("/dashboard?token=guess&x=1")
+    location = wrong.headers["Location"]
+    assert wrong.status_code == 302 and "guess" not in location and "x%3D1" in location
     refused = sio.test_client(app, flask_test_client=app.test_client())
     assert not refused.is_connected()
     client.post("/login", data={"token": "s3cret"})
@@ -232,7 +255,8 @@ def test_pages_carry_security_headers_and_no_inline_script(app):
         assert b"<script>" not in r.data
 
 
-@pytest.mark.parametrize("query, message", [("bucket=day", "bucket"), ("since=yesterday", "ISO-8601")])
+@pytest.mark.parametrize("query, message", [("bucket=day", "bucket"), ("since=yesterday", "ISO-8601"),
+                                            ("since=9999-12-31T23:59:59-23:59", "ISO-8601")])
 def test_history_rejects_bad_parameters(app, query, message):
     for path in ("/api/history", "/api/history.csv"):
         r = app.test_client().get(f"{path}?{query}")

@@ -51,6 +51,9 @@ class Settings:
     # Largest camera frame accepted over Socket.IO; the Socket.IO message limit is set above it,
     # so an oversized frame gets a clear ``too_large`` error instead of a dropped connection.
     max_frame_bytes: int = 2 * 1024 * 1024
+    # Largest camera frame in pixels, refused from its header before decoding (a few-KB JPEG can
+    # claim 4096x4096 and cost a worker most of a second); cameras send 1280x720 at most.
+    max_frame_pixels: int = 1920 * 1080
     # Run the detector's thorough pass (trained: full resolution + close-up pass; blazeface: far-face
     # tiles) on every n-th frame of a camera, its cheap pass on the others; still images always
     # get the thorough pass.
@@ -83,7 +86,8 @@ class Settings:
                 raise ValueError(f"setting {name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if not 0 < self.port < 65536:
             raise ValueError(f"setting port must be 1-65535, got {self.port}")
-        for name in ("tile_every", "track_min_frames", "retention_days", "max_frame_bytes", "max_image_bytes"):
+        for name in ("tile_every", "track_min_frames", "retention_days", "max_frame_bytes", "max_image_bytes",
+                     "max_frame_pixels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"setting {name} must be at least 1, got {getattr(self, name)}")
 

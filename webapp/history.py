@@ -38,9 +38,20 @@ def parse_since(text: str | None, default: datetime) -> datetime:
         return default
     try:
         when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
+        when = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+        when.astimezone(timezone.utc)  # 9999-12-31T23:59:59-23:59 is past the calendar's end in UTC
+    except (ValueError, OverflowError):
         raise ValueError(f"'since' must be an ISO-8601 time such as 2026-01-31T08:00:00Z, got {text!r}") from None
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    return when
+
+
+# Spreadsheets run a cell that starts with one of these as a formula (OWASP "CSV injection").
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: object) -> object:
+    """A text cell a spreadsheet would execute, prefixed with ``'`` so it stays text."""
+    return "'" + value if isinstance(value, str) and value.startswith(_FORMULA_START) else value
 
 
 class History:
@@ -111,7 +122,7 @@ class History:
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({k: spreadsheet_safe(v) for k, v in row.items()} for row in rows)
         return out.getvalue()
 
     def close(self) -> None:

@@ -77,7 +77,9 @@ def init_app(app: Flask) -> None:
         wants_json = request.accept_mimetypes.best == "application/json"
         if request.path.startswith("/api/") or request.path == "/healthz" or wants_json:
             return {"error": "unauthorized", "message": "log in at /login or send the access token"}, 401
-        return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
+        # A wrong ?token= is dropped from the page to come back to: never echo a secret-like value.
+        args = {k: v for k, v in request.args.items() if k != "token"}
+        return redirect(url_for("auth.login", next=request.path + ("?" + urlencode(args) if args else "")))
 
     @app.after_request
     def security_headers(response):

@@ -33,6 +33,7 @@ from webapp.vision.pipeline import (
     FrameError,
     FrameResult,
     Pipeline,
+    TooLarge,
     check_image_bytes,
     decode_pixels,
 )
@@ -49,7 +50,7 @@ class PayloadError(FrameError):
     code = "bad_payload"
 
 
-def parse_frame(data: Any, max_bytes: int) -> tuple[int, bytes, str | None, bool]:
+def parse_frame(data: Any, max_bytes: int, max_pixels: int = 1920 * 1080) -> tuple[int, bytes, str | None, bool]:
     """(seq, image bytes, camera name, page hidden) of a ``frame`` event, or a typed error.
 
     The one validation of a camera frame: payload types, size against the frame limit, and
@@ -68,8 +69,11 @@ def parse_frame(data: Any, max_bytes: int) -> tuple[int, bytes, str | None, bool
     camera = data.get("camera")
     if camera is not None and not isinstance(camera, str):
         raise PayloadError("'camera' must be a string")
-    check_image_bytes(image, max_bytes, formats=FRAME_FORMATS, hint=" - send a smaller resolution or a "
-                      "lower JPEG quality")
+    _, width, height = check_image_bytes(image, max_bytes, formats=FRAME_FORMATS,
+                                         hint=" - send a smaller resolution or a lower JPEG quality")
+    if width * height > max_pixels:  # refused before decoding: a small file can hold a huge frame
+        raise TooLarge(f"frame is {width}x{height} px; cameras may send at most {max_pixels} pixels "
+                       "(1920x1080) - send a smaller resolution")
     camera = (camera or "").strip()[:MAX_CAMERA_NAME] or None
     return seq, image, camera, data.get("hidden") is True
 
@@ -175,7 +179,8 @@ class InferenceService:
         if session is None:
             return error_payload(seq, "not_connected", "connect as a camera before sending frames")
         try:
-            seq, image, camera, hidden = parse_frame(data, self.settings.max_frame_bytes)
+            seq, image, camera, hidden = parse_frame(data, self.settings.max_frame_bytes,
+                                                     self.settings.max_frame_pixels)
         except FrameError as exc:
             return error_payload(seq, exc.code, exc.message)
         number, session.received = session.received, session.received + 1

@@ -133,8 +133,9 @@ def check_image_bytes(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES, max_side:
         raise TooLarge(f"image is {width}x{height} px; at most {max_side} px a side")
     if width < 1 or height < 1:
         raise NotAnImage("image has no pixels")
-    tail = data.rstrip(b"\0\r\n ")
-    if fmt == "JPEG" and not tail.endswith(b"\xff\xd9"):
+    # Complete = an end-of-image marker after the last start-of-scan; some cameras and editors
+    # append bytes (padding, trailers) after it, which decoders ignore.
+    if fmt == "JPEG" and data.rfind(b"\xff\xd9") < max(data.rfind(b"\xff\xda"), 2):
         raise NotAnImage("truncated JPEG (no end-of-image marker)")
     if fmt == "PNG" and b"IEND" not in data[-16:]:
         raise NotAnImage("truncated PNG (no IEND chunk)")
