@@ -107,7 +107,7 @@ class LiveServer:
     def stop(self) -> str:
         self.proc.terminate()
         try:
-            out, _ = self.proc.communicate(timeout=15)
+            out, _ = self.proc.communicate(timeout=30)
         except Exception:  # noqa: BLE001
             self.proc.kill()
             out, _ = self.proc.communicate()

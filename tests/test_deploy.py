@@ -3,6 +3,7 @@
 import sqlite3
 import subprocess
 import sys
+import time
 
 import pytest
 import requests
@@ -56,6 +57,23 @@ def test_history_survives_kill_9(data_dir, tmp_path):
         assert bad.status_code == 400 and "ISO-8601" in bad.json()["message"]
     finally:
         server.stop()
+
+
+def test_graceful_stop_counts_people_in_view_and_writes_every_detection(data_dir, tmp_path):
+    """SIGTERM while a camera is still streaming: nothing seen is lost, and the stop is quick."""
+    image = (data_dir / "kaggle-facemask" / "images" / "maksssksksss1.jpg").read_bytes()
+    db = tmp_path / "history.sqlite3"
+    server = LiveServer(env={"MASKWATCH_HISTORY_PATH": str(db), "MASKWATCH_WORKERS": "1"}).wait_ready()
+    cam = stream(server.url, image, 5)  # stays connected: its people are still in view
+    faces = sum(len(d["faces"]) for d in cam.detections)
+    started = time.monotonic()
+    server.stop()
+    assert time.monotonic() - started < 10
+    with sqlite3.connect(db) as conn:
+        totals = dict(conn.execute("SELECT kind, SUM(n) FROM counts GROUP BY kind").fetchall())
+    unsure = sum(f["unsure"] for d in cam.detections for f in d["faces"])
+    assert totals["detections"] == faces - unsure
+    assert totals["people"] >= 4  # the people in view at the stop were counted
 
 
 def test_alerts_fire_once_per_person(live_server, data_dir):

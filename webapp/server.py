@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import errno
 import logging
+import signal
 import socket
 import sys
+import threading
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -37,11 +39,14 @@ class MaskwatchServer(BaseApplication):
             "threads": 64 if s.async_mode == "threading" else 1,
             "worker_connections": 1000,
             "timeout": 120,
-            "graceful_timeout": 5,
+            # Above the service's own stop (count who is in view, write history): gunicorn
+            # SIGKILLs a worker still busy after this many seconds.
+            "graceful_timeout": 15,
             "accesslog": None,
             "errorlog": "-",
             "loglevel": "warning",
             "when_ready": self._announce,
+            "post_worker_init": self._stop_service_first,
             "worker_exit": self._worker_exit,
         }
         if s.certfile:
@@ -57,10 +62,33 @@ class MaskwatchServer(BaseApplication):
         print("\n".join(lines), flush=True)
 
     @staticmethod
-    def _worker_exit(_server, worker) -> None:
-        """Graceful stop: write the last buffered history counts."""
+    def _service(worker) -> Any:
         app = getattr(worker, "wsgi", None)
-        service = getattr(app, "extensions", {}).get("maskwatch") if app else None
+        return getattr(app, "extensions", {}).get("maskwatch") if app else None
+
+    @classmethod
+    def _stop_service_first(cls, worker) -> None:
+        """On SIGTERM, stop the service (count the people in view, write history) at once, in a
+        thread of its own, before gunicorn waits for open sockets and may kill the worker."""
+        graceful = worker.handle_exit
+
+        def stop_then_close() -> None:
+            service = cls._service(worker)
+            if service is not None:
+                service.stop()
+                # Close every Socket.IO connection: gunicorn would otherwise wait for them.
+                worker.wsgi.extensions["maskwatch.socketio"].server.eio.disconnect()
+
+        def handle_exit(sig, frame) -> None:
+            threading.Thread(target=stop_then_close, name="maskwatch-stop").start()
+            graceful(sig, frame)
+        worker.handle_exit = handle_exit
+        signal.signal(signal.SIGTERM, handle_exit)
+
+    @classmethod
+    def _worker_exit(cls, _server, worker) -> None:
+        """Last stop: whatever the SIGTERM stop has not written yet (idempotent)."""
+        service = cls._service(worker)
         if service is not None:
             service.stop()
 

@@ -129,7 +129,8 @@ class InferenceService:
         log.info("inference: %d worker(s), async mode %s", n, self.settings.async_mode)
 
     def stop(self) -> None:
-        """Graceful stop: count whoever is still in view and write the buffered history."""
+        """Graceful stop: count whoever is still in view and write the buffered history.
+        Safe to call twice (the SIGTERM handler and gunicorn's worker exit both do)."""
         self._running = False
         self.slots.close()
         for sid in list(self._sessions):
