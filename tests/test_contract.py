@@ -255,6 +255,13 @@ def test_pages_carry_security_headers_and_no_inline_script(app):
         assert b"<script>" not in r.data
 
 
+def test_socketio_endpoint_responses_carry_the_security_headers(app):
+    r = app.test_client().get("/socket.io/?EIO=4&transport=polling")
+    assert r.status_code == 200 and r.headers["X-Content-Type-Options"] == "nosniff"
+    assert "frame-ancestors 'none'" in r.headers["Content-Security-Policy"]
+    assert app.test_client().get("/socket.io/?EIO=4&transport=nonsense").headers["X-Frame-Options"] == "DENY"
+
+
 @pytest.mark.parametrize("query, message", [("bucket=day", "bucket"), ("since=yesterday", "ISO-8601"),
                                             ("since=9999-12-31T23:59:59-23:59", "ISO-8601")])
 def test_history_rejects_bad_parameters(app, query, message):

@@ -56,6 +56,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     # so an oversized frame is answered with frame_error 'too_large', not a dropped connection.
     socketio = SocketIO(app, async_mode=settings.async_mode, cors_allowed_origins=None,
                         max_http_buffer_size=settings.max_frame_bytes * 2 + 64 * 1024)
+    app.wsgi_app = security.SocketIOHeaders(app.wsgi_app)  # outside Socket.IO's own middleware
     history = History(settings.history_path or Path(app.instance_path) / "maskwatch.sqlite3",
                       settings.retention_days)
     service = InferenceService(socketio, settings,

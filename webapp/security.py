@@ -10,6 +10,7 @@ the cookie and removed from the address bar right away).
 from __future__ import annotations
 
 import hmac
+from typing import Any, Callable
 from urllib.parse import urlencode
 
 from flask import Blueprint, Flask, Request, current_app, redirect, render_template, request, url_for
@@ -20,6 +21,10 @@ LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
        "media-src 'self' blob: mediastream:; connect-src 'self'; object-src 'none'; "
        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+
+HEADERS = (("Content-Security-Policy", CSP), ("Referrer-Policy", "no-referrer"),
+           ("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "DENY"),
+           ("Permissions-Policy", "camera=(self), microphone=(), geolocation=()"))
 
 bp = Blueprint("auth", __name__)
 PUBLIC_ENDPOINTS = {"auth.login", "static"}
@@ -83,11 +88,26 @@ def init_app(app: Flask) -> None:
 
     @app.after_request
     def security_headers(response):
-        response.headers.setdefault("Content-Security-Policy", CSP)
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("X-Frame-Options", "DENY")
-        response.headers.setdefault("Permissions-Policy", "camera=(self), microphone=(), geolocation=()")
+        for name, value in HEADERS:
+            response.headers.setdefault(name, value)
         if request.is_secure:
             response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
         return response
+
+
+class SocketIOHeaders:
+    """WSGI middleware: the same security headers on the Socket.IO endpoint's own responses
+    (polling, handshakes, errors), which Engine.IO answers without passing through Flask."""
+
+    def __init__(self, wsgi_app: Callable, path: str = "/socket.io") -> None:
+        self.wsgi_app, self.path = wsgi_app, path
+
+    def __call__(self, environ: dict, start_response: Callable) -> Any:
+        if not environ.get("PATH_INFO", "").startswith(self.path):
+            return self.wsgi_app(environ, start_response)
+
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            present = {name.lower() for name, _ in headers}
+            headers = headers + [(n, v) for n, v in HEADERS if n.lower() not in present]
+            return start_response(status, headers, exc_info) if exc_info else start_response(status, headers)
+        return self.wsgi_app(environ, start)
