@@ -247,6 +247,19 @@ def test_token_guards_pages_api_and_sockets(tmp_path, scripted):
     app.extensions["maskwatch"].stop()
 
 
+def test_login_slows_down_token_guessing(tmp_path, scripted):
+    app = create_app({"history_path": tmp_path / "h.db", "token": "s3cret", "pipeline_factory": lambda n: scripted})
+    client = app.test_client()
+    codes = [client.post("/login", data={"token": f"guess{i}"}).status_code for i in range(12)]
+    assert codes[:10] == [401] * 10 and codes[10:] == [429, 429]
+    refused = client.post("/login", data={"token": "guess"})
+    assert int(refused.headers["Retry-After"]) > 0 and b"try again" in refused.data
+    throttle = app.extensions["maskwatch.login_throttle"]
+    assert throttle.retry_after("10.0.0.9") == 0  # other addresses are not held up
+    throttle.clock = lambda: 1e12  # a minute later, the address may try again
+    assert client.post("/login", data={"token": "s3cret"}).status_code == 302
+
+
 def test_pages_carry_security_headers_and_no_inline_script(app):
     for path in ("/", "/dashboard", "/login"):
         r = app.test_client().get(path)

@@ -10,6 +10,9 @@ the cookie and removed from the address bar right away).
 from __future__ import annotations
 
 import hmac
+import threading
+import time
+from collections import deque
 from typing import Any, Callable
 from urllib.parse import urlencode
 
@@ -46,18 +49,57 @@ def _set_cookie(response, token: str) -> None:
                         max_age=30 * 24 * 3600)
 
 
+class LoginThrottle:
+    """At most ``attempts`` wrong tokens per client address per ``window`` seconds.
+
+    Hand-written rather than Flask-Limiter: one route, one process, in memory; the library
+    would bring its storage layer and console dependencies for these few lines. Only wrong
+    tokens count; while an address is held up, every attempt from it gets 429 and Retry-After.
+    """
+
+    def __init__(self, attempts: int = 10, window: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.attempts, self.window, self.clock = attempts, window, clock
+        self._failures: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def retry_after(self, client: str) -> float:
+        """Seconds until ``client`` may try again (0: now)."""
+        now = self.clock()
+        with self._lock:
+            recent = self._failures.get(client)
+            while recent and now - recent[0] > self.window:
+                recent.popleft()
+            if not recent:
+                self._failures.pop(client, None)
+                return 0.0
+            return self.window - (now - recent[0]) if len(recent) >= self.attempts else 0.0
+
+    def failed(self, client: str) -> None:
+        with self._lock:
+            if len(self._failures) > 10_000:  # bounded memory under a spray of addresses
+                self._failures.clear()
+            self._failures.setdefault(client, deque()).append(self.clock())
+
+
 @bp.route("/login", methods=["GET", "POST"])
 def login():
     token = current_app.extensions["maskwatch"].settings.token
+    throttle: LoginThrottle = current_app.extensions["maskwatch.login_throttle"]
     target = request.values.get("next", "/")
     if not target.startswith("/") or target.startswith("//"):
         target = "/"
     if request.method == "POST":
+        client = request.remote_addr or "?"
+        wait = throttle.retry_after(client)
+        if wait:
+            return render_template("login.html", error=f"Too many wrong tokens: try again in {wait:.0f} s.",
+                                   next=target), 429, {"Retry-After": str(int(wait) + 1)}
         given = request.form.get("token", "")
         if token and hmac.compare_digest(given.encode(), token.encode()):
             response = redirect(target)
             _set_cookie(response, token)
             return response
+        throttle.failed(client)
         return render_template("login.html", error="That token is not right.", next=target), 401
     return render_template("login.html", error=None, next=target)
 
@@ -65,6 +107,7 @@ def login():
 def init_app(app: Flask) -> None:
     """Token check before every request, security headers after."""
     app.register_blueprint(bp)
+    app.extensions["maskwatch.login_throttle"] = LoginThrottle()
 
     @app.before_request
     def require_token():
