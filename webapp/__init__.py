@@ -27,7 +27,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     ``test_config`` overrides settings (see ``webapp.config.Settings``) and may inject
     ``pipeline_factory`` (``sharing -> Pipeline``, instead of loading ``model/``) and ``clock``.
     """
-    from webapp import security
+    from webapp import security, sockets
     from webapp.config import PROJECT_ROOT, Settings
     from webapp.events import CameraNamespace, DashboardNamespace
     from webapp.history import History
@@ -55,7 +55,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     # Same-origin Socket.IO only (no CORS list); the message limit sits above the frame limit
     # so an oversized frame is answered with frame_error 'too_large', not a dropped connection.
     socketio = SocketIO(app, async_mode=settings.async_mode, cors_allowed_origins=None,
-                        max_http_buffer_size=settings.max_frame_bytes * 2 + 64 * 1024)
+                        max_http_buffer_size=settings.max_frame_bytes * 2 + 64 * 1024,
+                        serializer=sockets.FramePacket)
+    sockets.guard_packets(socketio.server)
     app.wsgi_app = security.SocketIOHeaders(app.wsgi_app)  # outside Socket.IO's own middleware
     history = History(settings.history_path or Path(app.instance_path) / "maskwatch.sqlite3",
                       settings.retention_days)
