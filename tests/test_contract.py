@@ -241,6 +241,11 @@ def test_token_guards_pages_api_and_sockets(tmp_path, scripted):
     assert wrong.status_code == 302 and "guess" not in location and "x%3D1" in location
     refused = sio.test_client(app, flask_test_client=app.test_client())
     assert not refused.is_connected()
+    # Refused at the Engine.IO handshake already: no session is made for a client without the token.
+    handshake = app.test_client().get("/socket.io/?EIO=4&transport=polling")
+    assert handshake.status_code == 401 and handshake.headers["X-Content-Type-Options"] == "nosniff"
+    bearer = {"Authorization": "Bearer s3cret"}
+    assert client.get("/socket.io/?EIO=4&transport=polling", headers=bearer).status_code == 200
     client.post("/login", data={"token": "s3cret"})
     allowed = sio.test_client(app, flask_test_client=client, namespace="/dashboard")
     assert allowed.is_connected("/dashboard")

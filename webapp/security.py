@@ -138,12 +138,14 @@ def init_app(app: Flask) -> None:
         return response
 
 
-class SocketIOHeaders:
-    """WSGI middleware: the same security headers on the Socket.IO endpoint's own responses
-    (polling, handshakes, errors), which Engine.IO answers without passing through Flask."""
+class SocketIOGate:
+    """WSGI middleware in front of the Socket.IO endpoint, which Engine.IO answers without
+    passing through Flask: the same security headers on its responses, and - when the server
+    has a token - a refusal of any new Engine.IO session without it, before a session, a
+    thread or a buffer is spent on the client (the Socket.IO connect handler checks again)."""
 
-    def __init__(self, wsgi_app: Callable, path: str = "/socket.io") -> None:
-        self.wsgi_app, self.path = wsgi_app, path
+    def __init__(self, wsgi_app: Callable, token: str | None, path: str = "/socket.io") -> None:
+        self.wsgi_app, self.token, self.path = wsgi_app, token, path
 
     def __call__(self, environ: dict, start_response: Callable) -> Any:
         if not environ.get("PATH_INFO", "").startswith(self.path):
@@ -153,4 +155,9 @@ class SocketIOHeaders:
             present = {name.lower() for name, _ in headers}
             headers = headers + [(n, v) for n, v in HEADERS if n.lower() not in present]
             return start_response(status, headers, exc_info) if exc_info else start_response(status, headers)
+
+        if self.token and "sid=" not in environ.get("QUERY_STRING", "") and not token_ok(Request(environ), self.token):
+            body = b'{"error": "unauthorized", "message": "log in at /login or send the access token"}'
+            start("401 UNAUTHORIZED", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+            return [body]
         return self.wsgi_app(environ, start)
