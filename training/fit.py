@@ -30,14 +30,17 @@ KERAS_FILE = "mask_classifier.keras"
 
 @dataclass(frozen=True)
 class Recipe:
-    """Everything that decides the trained weights, given the training faces and the seed."""
+    """Everything that decides the trained weights, given the training faces and the seed.
+
+    The defaults are the shipped recipe (chosen by 5-fold cross-validation; model/MODEL_CARD.md).
+    """
 
     alpha: float = 0.35
     size: int = 160
     margin: float = DEFAULT_MARGIN
     balance: str = "class_weight"  # or "sampling" or "none"
-    label_smoothing: float = 0.0
-    occlusion: float = 0.0  # probability of a synthetic hand over the mouth of an unmasked face
+    label_smoothing: float = 0.1
+    occlusion: float = 0.3  # probability of a synthetic hand over the mouth of an unmasked face
     head_epochs: int = 4
     finetune_epochs: int = 8
     finetune_layers: int = 100
