@@ -25,6 +25,9 @@ INCORRECT = LABELS.index(MASK_INCORRECT)
 KEYS = ("kaggle_macro_f1", "kaggle_incorrect_recall", "kaggle_incorrect_precision",
         "kaggle_min32_macro_f1", "maskon_accuracy", "chandrika_accuracy", "imfd_accuracy")
 OFFSET_GRID = np.log([0.5, 0.7, 1.0, 1.4, 2.0, 3.0])  # class prior shifts tried by the decision rule
+# Below this calibrated probability a face is "unsure": drawn grey, never counted (README).
+# On calibrated scores it means "the model is wrong at least 4 times in 10 on faces like this".
+UNSURE_BELOW = 0.6
 
 
 @dataclass
@@ -212,6 +215,20 @@ def worst_errors(oof: OutOfFold, probs: np.ndarray, pred: np.ndarray, n: int = 1
             for i in wrong[np.argsort(-conf)][:n]]
 
 
+def unsure_share(probs: np.ndarray, y: np.ndarray, pred: np.ndarray, sources: np.ndarray,
+                 threshold: float = UNSURE_BELOW) -> dict[str, float | None]:
+    """How many kaggle-facemask faces the unsure rule holds back, and how often the model is
+    right on the faces it holds back and on the rest."""
+    kaggle = sources == KAGGLE
+    unsure = probs[np.arange(len(pred)), pred] < threshold
+    right = pred == y
+
+    def rate(mask: np.ndarray) -> float | None:
+        return float(right[mask].mean()) if mask.any() else None
+    return {"threshold": threshold, "share": float(unsure[kaggle].mean()) if kaggle.any() else None,
+            "accuracy_unsure": rate(kaggle & unsure), "accuracy_sure": rate(kaggle & ~unsure)}
+
+
 def epoch_curve(oof: OutOfFold, key: str = "fold_kaggle_macro_f1") -> list[float]:
     """Mean over folds of a per-epoch held-out score (Keras, before export)."""
     curves = [h[key] for h in oof.histories if key in h]
@@ -243,6 +260,7 @@ def summarise(oof: OutOfFold, config: dict[str, Any]) -> dict[str, Any]:
                 "ece_calibrated_crossfit": expected_calibration_error(calibrated, oof.labels),
                 "reliability_raw": reliability(probs, oof.labels),
                 "reliability_calibrated": reliability(calibrated, oof.labels),
+                "unsure": unsure_share(calibrated, oof.labels, argmax_pred, oof.sources),
             },
         }
     return result

@@ -143,6 +143,16 @@ def _recipe_diff(recipe: dict, datasets: list[str], reference: dict) -> str:
     return ", ".join(changes) or "(same recipe)"
 
 
+def _unsure_sentence(unsure: dict | None) -> str:
+    if not unsure or unsure["share"] is None:
+        return ""
+    right = ("" if unsure["accuracy_unsure"] is None else
+             f"; the model was right on {unsure['accuracy_unsure']:.0%} of those and on "
+             f"{unsure['accuracy_sure']:.0%} of the rest")
+    return (f" Out of fold (calibrated, cross-fitted), the rule holds back {unsure['share']:.1%} of "
+            f"kaggle-facemask faces{right}.")
+
+
 def _cv_lines(m: dict) -> list[str]:
     """Candidates (mean ± std over folds, argmax of the served variant) and the shipped recipe's
     intervals, per-size table and calibration."""
@@ -202,7 +212,8 @@ def _cv_lines(m: dict) -> list[str]:
           f"A face whose calibrated score is below {m['serving']['unsure_below']} is **unsure**: the server "
           "sends it with `unsure: true`, the camera page draws it grey, and it does not vote for its "
           "track's label, count as a person, move compliance or raise an alert until a confident frame "
-          "of the same track decides it.", "", "![reliability](reliability.png)", ""]
+          "of the same track decides it." + _unsure_sentence(cal.get("unsure")), "",
+          "![reliability](reliability.png)", ""]
     return L
 
 

@@ -32,17 +32,12 @@ from training.datasets import ALL_DATASETS, KAGGLE, describe_split, face_counts
 from training.faces import FaceSet
 from training.fit import Recipe, export_classifier, fit_classifier
 from training.metrics import SIZE_BUCKETS, classifier_section, format_report, size_bucket
-from training.oof import expected_calibration_error, reliability
+from training.oof import UNSURE_BELOW, expected_calibration_error, reliability
 from webapp.vision.classifier import MaskClassifier
 from webapp.vision.crop import to_model_input
 from webapp.vision.labels import LABELS
 
 log = logging.getLogger("training.train")
-
-# Below this calibrated probability a face is "unsure": drawn grey, never counted (README).
-# On calibrated scores it means "the model is wrong at least 4 times in 10 on faces like this".
-UNSURE_BELOW = 0.6
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
