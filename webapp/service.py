@@ -72,8 +72,8 @@ def parse_frame(data: Any, max_bytes: int, max_pixels: int = 1920 * 1080) -> tup
     _, width, height = check_image_bytes(image, max_bytes, formats=FRAME_FORMATS,
                                          hint=" - send a smaller resolution or a lower JPEG quality")
     if width * height > max_pixels:  # refused before decoding: a small file can hold a huge frame
-        raise TooLarge(f"frame is {width}x{height} px; cameras may send at most {max_pixels} pixels "
-                       "(1920x1080) - send a smaller resolution")
+        raise TooLarge(f"frame is {width}x{height} px; cameras may send at most {max_pixels:,} pixels "
+                       "(1920x1080 unless the server says otherwise) - send a smaller resolution")
     camera = (camera or "").strip()[:MAX_CAMERA_NAME] or None
     return seq, image, camera, data.get("hidden") is True
 
@@ -110,6 +110,7 @@ class InferenceService:
         self._lock = threading.Lock()
         self._unnamed = itertools.count(1)
         self._running = False
+        self._stopped = False  # a stopped service never starts again (late connects during shutdown)
         self._start_lock = threading.Lock()
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -117,7 +118,7 @@ class InferenceService:
     def start(self) -> None:
         """Load the models, start the workers and the background loops (once)."""
         with self._start_lock:
-            if self._running:
+            if self._running or self._stopped:
                 return
             n = self.settings.workers or os.cpu_count() or 1
             pipelines = [self.make_pipeline(n) for _ in range(n)]  # load models now: fail fast
@@ -131,7 +132,8 @@ class InferenceService:
     def stop(self) -> None:
         """Graceful stop: count whoever is still in view and write the buffered history.
         Safe to call twice (the SIGTERM handler and gunicorn's worker exit both do)."""
-        self._running = False
+        with self._start_lock:
+            self._running, self._stopped = False, True
         self.slots.close()
         for sid in list(self._sessions):
             self.disconnect(sid)
