@@ -158,9 +158,8 @@ class InferenceService:
             session = self._sessions.pop(sid, None)
         if session is None:
             return
-        session.closed = True
         self.slots.discard(session)
-        for person in session.tracker.flush():
+        for person in session.close():
             self._count_person(session.name, person.label)
         self.stats.touch()
 
@@ -199,9 +198,9 @@ class InferenceService:
             result = self._run(lambda: pipeline.process_image(decode_pixels(pending.image),
                                                               t0=time.perf_counter(), tiles=tiles))
             now = self.clock()
-            if session.closed:  # the camera left while its frame was processed
-                return
             observed = session.observe(result, now)
+            if observed is None:  # the camera left while its frame was processed
+                return
             camera = session.display_name(pending)
             self._record(session, camera, observed, now)
             self.socketio.emit("detections", {"seq": pending.seq, **observed.result.to_dict()},

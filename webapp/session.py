@@ -2,10 +2,12 @@
 
 Everything the server keeps for a camera lives in its ``CameraSession``: name, tracker, live
 statistics, frame counter and the alerts already raised; dropping the session drops it all.
+Its waiting frame sits in ``FrameSlots`` under the session itself (latest frame wins).
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field, replace
 
 from webapp.slots import Pending
@@ -31,13 +33,26 @@ class CameraSession:
     name: str
     tracker: FaceTracker
     stats: CameraStats
-    pending: Pending | None = None  # its latest unprocessed frame (guarded by FrameSlots)
     received: int = 0  # frames received; every ``tile_every``-th gets the thorough detector pass
     closed: bool = False
     alerted: set[int] = field(default_factory=set)  # track ids already alerted
+    # The worker tracking a frame and the socket thread closing the session take turns.
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def observe(self, result: FrameResult, now: float) -> Observation:
-        """Track the faces of a processed frame (one worker at a time per session)."""
+    def observe(self, result: FrameResult, now: float) -> Observation | None:
+        """Track the faces of a processed frame; ``None`` if the camera has left meanwhile."""
+        with self.lock:
+            if self.closed:
+                return None
+            return self._track(result, now)
+
+    def close(self) -> list[Person]:
+        """The camera left: the people still in view, counted once."""
+        with self.lock:
+            self.closed = True
+            return self.tracker.flush()
+
+    def _track(self, result: FrameResult, now: float) -> Observation:
         faces = result.faces
         ids, left, confirmed = self.tracker.update([f.box for f in faces], [f.label for f in faces],
                                                    [f.score for f in faces], now, [f.unsure for f in faces])
