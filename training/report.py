@@ -257,9 +257,10 @@ def write_model_card(out: Path) -> None:
         f"{r['batch_size']}; a fixed epoch count (the held-out curve in the plot below), no early stopping.",
         "- Augmentation: box jitter (centre ±8 %, size ×exp(N(0, 0.12))), flips, rotation ±12°, "
         "down-then-up scaling to 12–64 px, blur, brightness/contrast, colour cast, JPEG re-encoding.",
-        f"- Versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items())}. "
-        f"The command took {m['train_seconds'] / 60:.0f} min on the 2-core CPU "
-        f"(cross-validation folds {sum(m['cv']['fold_seconds']) / 60:.0f} min of it, where not reused).",
+        f"- Versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items())}. On the 2-core CPU the "
+        f"{len(m['cv']['fold_seconds'])} cross-validation folds took {sum(m['cv']['fold_seconds']) / 60:.0f} min "
+        f"(trained once, reused when the folder holds them) and the command {m['train_seconds'] / 60:.0f} min "
+        "more (the final fit, export and report).",
         f"- TFLite vs Keras on 64 validation crops: max probability difference "
         f"{m['tflite_vs_keras_max_abs_diff']:.1e}.",
         "",
