@@ -200,14 +200,17 @@
   let trackCopy = null;
   let reader = null;
   let latest = null; // the newest camera frame not sent yet (a VideoFrame)
+  let generation = 0; // a new camera (Start, flip, another device) starts a new reader
 
   async function readTrack(track) {
+    const mine = ++generation;
     trackCopy = track;
-    reader = new MediaStreamTrackProcessor({ track }).readable.getReader();
+    const myReader = (reader = new MediaStreamTrackProcessor({ track }).readable.getReader());
     try {
       for (;;) {
-        const { value, done } = await reader.read();
+        const { value, done } = await myReader.read();
         if (done) break;
+        if (mine !== generation) { value.close(); break; } // a newer reader took over
         state.cameraFrames += 1;
         if (latest) latest.close(); // only the newest frame matters: close the rest at once
         latest = value;
@@ -216,7 +219,7 @@
     } catch (err) {
       // the track ended (Stop, another camera chosen)
     }
-    if (latest) { latest.close(); latest = null; }
+    if (mine === generation && latest) { latest.close(); latest = null; }
   }
 
   // Without the track reader, a hidden page's <video> and timers slow to a crawl: say so.
@@ -277,7 +280,10 @@
       state.framesSent += 1;
       watchdog = setTimeout(() => { if (inFlight && inFlight.seq === mySeq) { inFlight = null; pump(); } },
         ANSWER_TIMEOUT_MS);
-    }).catch(() => { if (inFlight && inFlight.seq === mySeq) { inFlight = null; } });
+    }).catch(() => {
+      // Encoding failed (the camera went away mid-frame): try the next frame.
+      if (inFlight && inFlight.seq === mySeq) { inFlight = null; setTimeout(pump, 250); }
+    });
   }
 
   function cameraError(err) {
