@@ -58,6 +58,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
                         max_http_buffer_size=settings.max_frame_bytes * 2 + 64 * 1024,
                         serializer=sockets.FramePacket)
     sockets.guard_packets(socketio.server)
+    sockets.bound_websocket_messages(socketio.server)
     app.wsgi_app = security.SocketIOGate(app.wsgi_app, settings.token)  # outside Socket.IO's own middleware
     history = History(settings.history_path or Path(app.instance_path) / "maskwatch.sqlite3",
                       settings.retention_days)

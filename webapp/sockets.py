@@ -35,6 +35,26 @@ class FramePacket(socketio.packet.Packet):
         return attachments
 
 
+def bound_websocket_messages(server: socketio.Server) -> None:
+    """Enforce Engine.IO's message limit while a WebSocket message is being received.
+
+    In threading mode Engine.IO hands WebSockets to simple-websocket without a size limit and
+    checks the size only once the whole message is in memory, before authentication too (a
+    60 MB message cost the worker ~107 MB). simple-websocket can count while receiving and
+    close with 1009 "message too big"; this passes it Engine.IO's own limit.
+    """
+    eio = server.eio
+    websocket_class = eio._async.get("websocket")
+    if getattr(websocket_class, "__module__", "") != "engineio.async_drivers._websocket_wsgi":
+        return  # eventlet / gevent bring their own WebSocket servers
+
+    class BoundedWebSocket(websocket_class):
+        def __init__(self, handler: Any, eio_server: Any, **kwargs: Any) -> None:
+            super().__init__(handler, eio_server, max_message_size=eio_server.max_http_buffer_size, **kwargs)
+
+    eio._async = {**eio._async, "websocket": BoundedWebSocket}  # a copy: the driver's dict is shared
+
+
 def guard_packets(server: socketio.Server) -> None:
     """Disconnect a client whose Socket.IO packet cannot be decoded, forgetting its half packet."""
     handle = server._handle_eio_message
