@@ -235,6 +235,14 @@ def epoch_curve(oof: OutOfFold, key: str = "fold_kaggle_macro_f1") -> list[float
     return [float(v) for v in np.mean(curves, axis=0)] if curves else []
 
 
+def decision_report(oof: OutOfFold, calibrated: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
+    """Scores of one decision rule's out-of-fold decisions: per fold, mean ± std, intervals,
+    per face size, and its most confident mistakes."""
+    folds = per_fold(oof, pred)
+    return {"per_fold": folds, "mean_std": mean_std(folds), "bootstrap95": bootstrap(oof, pred),
+            "by_size": by_size(oof, pred), "worst_errors": worst_errors(oof, calibrated, pred)}
+
+
 def summarise(oof: OutOfFold, config: dict[str, Any]) -> dict[str, Any]:
     """Everything the model card and the candidate comparison need from one recipe's folds."""
     variants = {"plain": oof.probs, "flip_tta": (oof.probs + oof.probs_flip) / 2}
@@ -248,10 +256,8 @@ def summarise(oof: OutOfFold, config: dict[str, Any]) -> dict[str, Any]:
         argmax_pred = decide(probs)
         temperature = fit_temperature(probs, oof.labels)
         result["variants"][name] = {
-            "argmax": {"per_fold": per_fold(oof, argmax_pred), "mean_std": mean_std(per_fold(oof, argmax_pred)),
-                       "bootstrap95": bootstrap(oof, argmax_pred), "by_size": by_size(oof, argmax_pred),
-                       "worst_errors": worst_errors(oof, calibrated, argmax_pred)},
-            "offsets": {"mean_std": mean_std(per_fold(oof, offsets_pred)),
+            "argmax": decision_report(oof, calibrated, argmax_pred),
+            "offsets": {**decision_report(oof, calibrated, offsets_pred),
                         "chosen_on_all_folds": choose_offsets(
                             with_temperature(probs, temperature), oof.labels, oof.sources).tolist()},
             "calibration": {
@@ -260,7 +266,8 @@ def summarise(oof: OutOfFold, config: dict[str, Any]) -> dict[str, Any]:
                 "ece_calibrated_crossfit": expected_calibration_error(calibrated, oof.labels),
                 "reliability_raw": reliability(probs, oof.labels),
                 "reliability_calibrated": reliability(calibrated, oof.labels),
-                "unsure": unsure_share(calibrated, oof.labels, argmax_pred, oof.sources),
+                "unsure": {rule: unsure_share(calibrated, oof.labels, pred, oof.sources)
+                           for rule, pred in (("argmax", argmax_pred), ("offsets", offsets_pred))},
             },
         }
     return result

@@ -6,6 +6,7 @@ candidates it was compared with) and ``baseline.json`` (``training.baseline``), 
 regenerate them.
 
     python -m training.report model/                       # re-render plots and MODEL_CARD.md
+    python -m training.report model/ --refresh-cv          # ... recomputing the CV summaries first
 """
 
 from __future__ import annotations
@@ -89,7 +90,16 @@ def write_plots(metrics: dict[str, Any], out: Path) -> None:
 
 def _served_variant(metrics: dict[str, Any]) -> dict[str, Any]:
     """The cross-validation variant the server uses (with or without the mirrored crop)."""
-    return metrics["cv"]["variants"]["flip_tta" if metrics["serving"]["flip_average"] else "plain"]
+    return metrics["cv"]["variants"][_variant_name(metrics)]
+
+
+def _variant_name(metrics: dict[str, Any]) -> str:
+    return "flip_tta" if metrics["serving"]["flip_average"] else "plain"
+
+
+def _rule_name(metrics: dict[str, Any]) -> str:
+    """The decision rule the server uses: argmax, or argmax after per-class offsets."""
+    return "offsets" if any(metrics["serving"]["decision_offsets"]) else "argmax"
 
 
 def _fmt(v: float | None) -> str:
@@ -157,7 +167,7 @@ def _cv_lines(m: dict) -> list[str]:
     """Candidates (mean ± std over folds, argmax of the served variant) and the shipped recipe's
     intervals, per-size table and calibration."""
     keys = list(KEY_NAMES)
-    variant = "flip_tta" if m["serving"]["flip_average"] else "plain"
+    variant, rule = _variant_name(m), _rule_name(m)
     folds = len(m["cv"]["fold_seconds"])
     L = [f"## Model selection: {folds}-fold cross-validation on the development images", "",
          "Every candidate recipe was trained once per fold on the other four folds (folds by image "
@@ -174,13 +184,13 @@ def _cv_lines(m: dict) -> list[str]:
         (f"`{path}`: {_recipe_diff(cv['config']['recipe'], cv['config']['datasets'], reference)}", cv)
         for path, cv in m["compare"].items() if path != m["cv_dir"]]
     for name, cv in rows:
-        cells = cv["variants"][variant]["argmax"]["mean_std"]
+        cells = cv["variants"][variant][rule]["mean_std"]
         L.append(f"| {name} | " + " | ".join(_mean_std(cells[k]) for k in keys) + " |")
     shipped = m["cv"]["variants"]
     L += ["", "Shipped recipe, all out-of-fold faces pooled, bootstrap 95 % intervals (1000 resamples of "
           "whole images): " + "; ".join(
               f"{KEY_NAMES[k]} [{lo:.3f}, {hi:.3f}]" for k, (lo, hi) in
-              shipped[variant]["argmax"]["bootstrap95"].items() if lo is not None) + ".", "",
+              shipped[variant][rule]["bootstrap95"].items() if lo is not None) + ".", "",
           "Serving options, out-of-fold (mean over folds of kaggle macro-F1 / mask_incorrect recall / precision): "
           + "; ".join(f"{name}: " + " / ".join(_mean_std(shipped[v][rule]["mean_std"][k]) for k in keys[:3])
                       for name, v, rule in (("single crop, argmax", "plain", "argmax"),
@@ -192,13 +202,13 @@ def _cv_lines(m: dict) -> list[str]:
           f"{[round(v, 3) for v in m['serving']['decision_offsets']]} (log-probability added per class, "
           f"{', '.join(LABELS)}).", "",
           "### Out-of-fold results by face size (kaggle-facemask development images, shipped recipe)", ""]
-    L += _section_table([(f"faces {b}", sec) for b, sec in shipped[variant]["argmax"]["by_size"].items()])
+    L += _section_table([(f"faces {b}", sec) for b, sec in shipped[variant][rule]["by_size"].items()])
     base = next((cv for path, cv in m["compare"].items() if "datasets" in cv["config"]
                  and len(cv["config"]["datasets"]) < len(m["datasets"])), None)
     if base is not None:
         L += ["", "The same table for the previous recipe (`base`: no imfd-extra, no occlusion, "
               "no label smoothing):", ""]
-        L += _section_table([(f"faces {b}", sec) for b, sec in base["variants"][variant]["argmax"]["by_size"].items()])
+        L += _section_table([(f"faces {b}", sec) for b, sec in base["variants"][variant][rule]["by_size"].items()])
     cal = shipped[variant]["calibration"]
     L += ["", "Macro-F1 per size bucket averages only the classes present: small faces are almost never "
           "`mask_incorrect`, so their macro-F1 is over two easy classes, while ≥ 32 px holds most of the "
@@ -212,7 +222,7 @@ def _cv_lines(m: dict) -> list[str]:
           f"A face whose calibrated score is below {m['serving']['unsure_below']} is **unsure**: the server "
           "sends it with `unsure: true`, the camera page draws it grey, and it does not vote for its "
           "track's label, count as a person, move compliance or raise an alert until a confident frame "
-          "of the same track decides it." + _unsure_sentence(cal.get("unsure")), "",
+          "of the same track decides it." + _unsure_sentence((cal.get("unsure") or {}).get(rule)), "",
           "![reliability](reliability.png)", ""]
     return L
 
@@ -304,7 +314,7 @@ def write_model_card(out: Path) -> None:
     L += ["The most confident wrong out-of-fold decisions of the shipped recipe (calibrated probability "
           "of the wrong class; image names, no pictures):", ""]
     L += [f"- {e['source']} `{e['image']}`: a {e['short_side']:.0f} px `{e['true']}` face called "
-          f"`{e['predicted']}` at {e['probability']:.2f}" for e in _served_variant(m)["argmax"]["worst_errors"]]
+          f"`{e['predicted']}` at {e['probability']:.2f}" for e in _served_variant(m)[_rule_name(m)]["worst_errors"]]
     L += ["",
           "## Known limitations",
           "- `mask_incorrect` is rare in real photos (about 3 % of kaggle-facemask faces); its numbers "
@@ -325,10 +335,30 @@ def write_model_card(out: Path) -> None:
     (out / "MODEL_CARD.md").write_text("\n".join(L))
 
 
+def refresh_cv(model_dir: Path) -> None:
+    """Recompute the cross-validation summaries in ``metrics.json`` from the saved out-of-fold
+    predictions (``runs/cv/<name>/fold*.npz``), e.g. after the summary gained a table."""
+    from training.oof import load_folds, summarise
+
+    path = model_dir / "metrics.json"
+    m = json.loads(path.read_text())
+
+    def summary(folder: Path) -> dict:
+        config = json.loads((folder / "config.json").read_text())
+        return summarise(load_folds(folder, int(config["folds"])), config)
+    m["cv"] = {k: v for k, v in summary(Path(m["cv_dir"])).items() if k != "config"}
+    m["compare"] = {name: summary(Path(name)) for name in m.get("compare", {})}
+    path.write_text(json.dumps(m, indent=2) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("model_dir", type=Path)
+    p.add_argument("--refresh-cv", action="store_true",
+                   help="recompute the cross-validation summaries from the saved out-of-fold predictions")
     args = p.parse_args(argv)
+    if args.refresh_cv:
+        refresh_cv(args.model_dir)
     write_plots(json.loads((args.model_dir / "metrics.json").read_text()), args.model_dir)
     write_model_card(args.model_dir)
     return 0
