@@ -42,7 +42,7 @@ class Recipe:
     label_smoothing: float = 0.1
     occlusion: float = 0.3  # probability of a synthetic hand over the mouth of an unmasked face
     head_epochs: int = 4
-    finetune_epochs: int = 8
+    finetune_epochs: int = 16
     finetune_layers: int = 100
     head_lr: float = 1e-3
     finetune_lr: float = 1e-4
