@@ -196,7 +196,28 @@
   // timers, a track keeps delivering when another tab is in front, so a door laptop used for
   // something else keeps streaming (bench/browser.py measures both). Elsewhere the page draws
   // the <video> element and says so when it is hidden.
-  const TRACK_CAPTURE = typeof window.MediaStreamTrackProcessor === "function" && typeof OffscreenCanvas === "function";
+  const TRACK_CAPTURE = typeof window.MediaStreamTrackProcessor === "function" && typeof OffscreenCanvas === "function"
+    && typeof Worker === "function";
+  // JPEG encoding happens in a worker (static/js/encoder.js): hidden pages have theirs deferred.
+  const encoder = TRACK_CAPTURE ? new Worker("/static/js/encoder.js") : null;
+  const encoding = new Map(); // id -> {resolve, reject}
+  let encodeId = 0;
+  if (encoder) {
+    encoder.onmessage = (event) => {
+      const { id, buffer, error } = event.data;
+      const waiting = encoding.get(id);
+      encoding.delete(id);
+      if (waiting) error ? waiting.reject(new Error(error)) : waiting.resolve(buffer);
+    };
+  }
+
+  function encodeInWorker(frame, width, height) {
+    const id = ++encodeId;
+    return new Promise((resolve, reject) => {
+      encoding.set(id, { resolve, reject });
+      encoder.postMessage({ id, frame, width, height, quality: JPEG_QUALITY }, [frame]);
+    });
+  }
   let trackCopy = null;
   let reader = null;
   let latest = null; // the newest camera frame not sent yet (a VideoFrame)
@@ -251,11 +272,9 @@
       latest = null;
       const [w, h] = sendSize(frame.displayWidth, frame.displayHeight);
       const t0 = performance.now();
-      const off = new OffscreenCanvas(w, h);
-      off.getContext("2d").drawImage(frame, 0, 0, w, h);
-      frame.close();
+      const bytes = encodeInWorker(frame, w, h); // the frame is transferred, the worker closes it
       performance.measure("maskwatch-capture", { start: t0, end: performance.now() });
-      send(off.convertToBlob({ type: "image/jpeg", quality: JPEG_QUALITY }));
+      send(bytes);
       return;
     }
     if (video.readyState < 2) return;
@@ -266,15 +285,15 @@
     const t0 = performance.now();
     captureCtx.drawImage(video, 0, 0, w, h);
     performance.measure("maskwatch-capture", { start: t0, end: performance.now() });
-    send(new Promise((resolve) => capture.toBlob(resolve, "image/jpeg", JPEG_QUALITY)));
+    send(new Promise((resolve) => capture.toBlob(resolve, "image/jpeg", JPEG_QUALITY))
+      .then((blob) => (blob ? blob.arrayBuffer() : null)));
   }
 
-  function send(blobPromise) {
+  function send(bytesPromise) {
     const mySeq = ++seq;
     inFlight = { seq: mySeq, sentAt: performance.now() };
-    blobPromise.then(async (blob) => {
-      if (!blob || !inFlight || inFlight.seq !== mySeq) return;
-      const image = await blob.arrayBuffer();
+    bytesPromise.then((image) => {
+      if (!image || !inFlight || inFlight.seq !== mySeq) return;
       socket.emit("frame", { seq: mySeq, image, camera: nameInput.value.trim() || undefined,
         hidden: document.visibilityState === "hidden" || undefined });
       state.framesSent += 1;
