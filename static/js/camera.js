@@ -1,6 +1,8 @@
 // Camera page: stream webcam frames to the server, draw the boxes it sends back.
-// One frame in flight at a time: the next frame is captured when 'detections' (or an error)
-// for the previous one arrives, so a slow link or server never builds a backlog.
+// At most two frames in flight (one when drawing the <video> element, which cannot tell a new
+// camera frame from an old one): while the server works on one, the next is already encoded
+// and waiting in its latest-frame-wins slot, so a slow link or server never builds a backlog
+// and the camera's own frame rate is reached when the server keeps up.
 (function () {
   "use strict";
 
@@ -27,8 +29,16 @@
   let stream = null;
   let facing = "user";
   let seq = 0;
-  let inFlight = null; // {seq, sentAt}
-  let watchdog = null;
+  const inFlight = new Map(); // seq -> {sentAt, watchdog}, in sending order
+
+  function settle(upTo) {
+    // Answers come in order: an answer (or error) for seq settles it and every earlier frame.
+    for (const [s, entry] of inFlight) {
+      if (upTo !== null && s > upTo) break;
+      clearTimeout(entry.watchdog);
+      inFlight.delete(s);
+    }
+  }
   let rttAvg = null;
   let answerTimes = [];
 
@@ -52,15 +62,15 @@
     pill.className = "pill " + (on ? "pill-on" : "pill-off");
   }
   setConnected(false);
-  socket.on("connect", () => { setConnected(true); inFlight = null; pump(); });
-  socket.on("disconnect", () => { setConnected(false); inFlight = null; });
+  socket.on("connect", () => { setConnected(true); settle(null); pump(); });
+  socket.on("disconnect", () => { setConnected(false); settle(null); });
   socket.on("connect_error", () => setConnected(false));
 
   socket.on("detections", (msg) => {
-    if (!inFlight || msg.seq !== inFlight.seq) return; // a stale answer after a reconnect
-    const rtt = performance.now() - inFlight.sentAt;
-    inFlight = null;
-    clearTimeout(watchdog);
+    const entry = inFlight.get(msg.seq);
+    if (!entry) return; // a stale answer after a reconnect
+    const rtt = performance.now() - entry.sentAt;
+    settle(msg.seq);
     state.framesAnswered += 1;
     state.lastDetections = msg;
     rttAvg = rttAvg === null ? rtt : 0.8 * rttAvg + 0.2 * rtt;
@@ -116,10 +126,7 @@
   socket.on("frame_error", (msg) => {
     state.errors += 1;
     state.lastError = msg;
-    if (inFlight && (msg.seq === null || msg.seq === inFlight.seq)) {
-      inFlight = null;
-      clearTimeout(watchdog);
-    }
+    settle(msg.seq);
     showMessage("The server refused a frame: " + msg.message, "warning");
     setTimeout(pump, 250);
   });
@@ -265,7 +272,8 @@
   }
 
   function pump() {
-    if (!state.streaming || !state.connected || inFlight) return;
+    const limit = state.capture === "track" ? 2 : 1;
+    if (!state.streaming || !state.connected || inFlight.size >= limit) return;
     if (state.capture === "track") {
       if (!latest) return; // the next camera frame calls pump again
       const frame = latest;
@@ -291,17 +299,17 @@
 
   function send(bytesPromise) {
     const mySeq = ++seq;
-    inFlight = { seq: mySeq, sentAt: performance.now() };
+    const entry = { sentAt: performance.now(), watchdog: null };
+    inFlight.set(mySeq, entry);
     bytesPromise.then((image) => {
-      if (!image || !inFlight || inFlight.seq !== mySeq) return;
+      if (!image || !inFlight.has(mySeq)) return;
       socket.emit("frame", { seq: mySeq, image, camera: nameInput.value.trim() || undefined,
         hidden: document.visibilityState === "hidden" || undefined });
       state.framesSent += 1;
-      watchdog = setTimeout(() => { if (inFlight && inFlight.seq === mySeq) { inFlight = null; pump(); } },
-        ANSWER_TIMEOUT_MS);
+      entry.watchdog = setTimeout(() => { if (inFlight.has(mySeq)) { settle(mySeq); pump(); } }, ANSWER_TIMEOUT_MS);
     }).catch(() => {
       // Encoding failed (the camera went away mid-frame): try the next frame.
-      if (inFlight && inFlight.seq === mySeq) { inFlight = null; setTimeout(pump, 250); }
+      if (inFlight.has(mySeq)) { inFlight.delete(mySeq); setTimeout(pump, 250); }
     });
   }
 
@@ -380,7 +388,7 @@
 
   function stop() {
     state.streaming = false;
-    inFlight = null;
+    settle(null);
     socket.disconnect();
     stopStream();
     video.srcObject = null;
