@@ -4,6 +4,7 @@ Socket.IO camera client, and the in-process test client with an injectable clock
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -90,19 +91,18 @@ class LiveServer:
         self.proc.wait(10)
 
     def wait_ready(self, timeout: float = 60.0, verify=True) -> "LiveServer":
-        import time
-
         import requests
-        deadline = time.time() + timeout
-        while time.time() < deadline:
+
+        def status() -> int | None:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited: {self.proc.stdout.read()}")
             try:
-                if requests.get(self.url + "/healthz", timeout=1, verify=verify).status_code in (200, 401):
-                    return self
+                return requests.get(self.url + "/healthz", timeout=1, verify=verify).status_code
             except requests.RequestException:
-                time.sleep(0.2)
-        raise TimeoutError("server did not become ready")
+                return None
+        if poll(status, lambda code: code in (200, 401), timeout, every=0.2) not in (200, 401):
+            raise TimeoutError("server did not become ready")
+        return self
 
     def stop(self) -> str:
         self.proc.terminate()
@@ -115,31 +115,34 @@ class LiveServer:
 
 
 class Camera:
-    """A python-socketio camera client that records what the server sends it."""
+    """A python-socketio camera client that records what the server sends it; ``answer`` waits
+    on a condition its event handlers notify, so nothing polls."""
 
     def __init__(self, url: str, name: str | None = None) -> None:
         self.sio = socketio.Client(reconnection=False)
         self.detections, self.errors = [], []
-        self.sio.on("detections", self.detections.append)
-        self.sio.on("frame_error", self.errors.append)
+        self.answered = threading.Condition()
+        self.sio.on("detections", lambda msg: self._record(self.detections, msg))
+        self.sio.on("frame_error", lambda msg: self._record(self.errors, msg))
         self.sio.connect(url, transports=["websocket"], auth={"camera": name} if name else None, wait_timeout=10)
+
+    def _record(self, received: list, msg) -> None:
+        with self.answered:
+            received.append(msg)
+            self.answered.notify_all()
 
     def close(self):
         self.sio.disconnect()
 
 
 def answer(cam: Camera, payload, timeout=20.0):
-    n_det, n_err = len(cam.detections), len(cam.errors)
-    cam.sio.emit("frame", payload)
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if len(cam.errors) > n_err:
-            return "frame_error", cam.errors[-1]
-        if len(cam.detections) > n_det:
-            return "detections", cam.detections[-1]
-        time.sleep(0.01)
-    raise AssertionError("no answer from the server")
-
+    """Send a frame; the server's ``detections`` or ``frame_error`` for it."""
+    with cam.answered:
+        n_det, n_err = len(cam.detections), len(cam.errors)
+        cam.sio.emit("frame", payload)
+        if not cam.answered.wait_for(lambda: len(cam.errors) > n_err or len(cam.detections) > n_det, timeout):
+            raise AssertionError("no answer from the server")
+        return ("frame_error", cam.errors[-1]) if len(cam.errors) > n_err else ("detections", cam.detections[-1])
 
 
 # -- in-process ------------------------------------------------------------------------------
@@ -171,14 +174,12 @@ class Client:
 
     def wait_for(self, event: str, timeout: float = 10.0):
         """The next ``event`` not returned before (polls: the workers answer from their own threads)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            events = self.received(event)
-            if len(events) > self.seen.get(event, 0):
-                self.seen[event] = self.seen.get(event, 0) + 1
-                return events[self.seen[event] - 1]
-            time.sleep(0.005)
-        raise AssertionError(f"no {event!r} within {timeout} s")
+        n = self.seen.get(event, 0)
+        events = poll(lambda: self.received(event), lambda found: len(found) > n, timeout, every=0.005)
+        if len(events) <= n:
+            raise AssertionError(f"no {event!r} within {timeout} s")
+        self.seen[event] = n + 1
+        return events[n]
 
     def disconnect(self) -> None:
         self.sio.disconnect(namespace=self.namespace)
