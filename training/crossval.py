@@ -39,6 +39,8 @@ from webapp.vision.crop import to_model_input
 
 log = logging.getLogger("training.crossval")
 
+# What makes two CV runs the same run (a folder holds one; training.train names its folder by it).
+RUN_KEYS = ("recipe", "folds", "datasets", "limit_images")
 DEV_SPLIT_SEED = 1234  # the development / validation split is the shipped model's (training.train)
 VAL_FRACTION = 0.25
 
@@ -114,7 +116,7 @@ def run_crossval(faces: FaceSet, fold_of: np.ndarray, recipe: Recipe, out: Path,
     config_file = out / "config.json"
     if config_file.exists():
         previous = json.loads(config_file.read_text())
-        same = all(previous.get(k) == config.get(k) for k in ("recipe", "folds", "datasets", "limit_images"))
+        same = all(previous.get(k) == config.get(k) for k in RUN_KEYS)
         if not same:
             raise SystemExit(f"{out} holds folds of another recipe or data; use another --name")
         if not resume and any(out.glob("fold*.npz")):

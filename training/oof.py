@@ -117,11 +117,7 @@ def fit_temperature(probs: np.ndarray, y: np.ndarray) -> float:
 
 def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
     """Top-label ECE: |accuracy - confidence| per confidence bin, weighted by the bin's faces."""
-    conf, correct = probs.max(1), probs.argmax(1) == y
-    edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
-    return float(sum(abs(correct[which == b].mean() - conf[which == b].mean()) * (which == b).mean()
-                     for b in range(bins) if (which == b).any()))
+    return float(sum(r["n"] * abs(r["accuracy"] - r["confidence"]) for r in reliability(probs, y, bins)) / len(y))
 
 
 def reliability(probs: np.ndarray, y: np.ndarray, bins: int = 10) -> list[dict[str, float]]:

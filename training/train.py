@@ -27,7 +27,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from training.crossval import development_faces, load_splits, run_crossval, start_run
+from training.crossval import RUN_KEYS, development_faces, load_splits, run_crossval, start_run
 from training.datasets import ALL_DATASETS, KAGGLE, describe_split, face_counts
 from training.faces import FaceSet
 from training.fit import Recipe, export_classifier, fit_classifier
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _recipe_hash(config: dict) -> str:
-    key = {k: config[k] for k in ("recipe", "folds", "datasets", "limit_images")}
+    key = {k: config[k] for k in RUN_KEYS}
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
 
 

@@ -187,7 +187,7 @@ class InferenceService:
             return error_payload(seq, exc.code, exc.message)
         number, session.received = session.received, session.received + 1
         session.stats.page_hidden = hidden
-        if self.slots.put(session, Pending(seq, image, camera, self.clock(), number)) is not None:
+        if self.slots.put(session, Pending(seq, image, camera, number)) is not None:
             session.stats.dropped += 1
         return None
 
