@@ -1,7 +1,7 @@
 """Load test: N simulated cameras stream real 640x480 JPEG frames to a real server.
 
     MASKWATCH_DATA=... python bench/loadtest.py [--clients 1 2 4 8] [--seconds 20]
-                                                [--async-mode threading eventlet]
+                                                [--worker guarded gthread gevent eventlet]
 
 Each camera is a python-socketio client paced like the camera page: one frame in flight,
 the next sent when the answer arrives. Prints per-client fps, total frames/s, round-trip
@@ -58,10 +58,18 @@ def rss_mb(pid: int) -> float:
     return total / 1024
 
 
-def start_server(mode: str) -> tuple[subprocess.Popen, str]:
+# The server configurations compared: the default (threading with the guarded worker,
+# webapp/worker.py), gunicorn's stock gthread worker it replaced, and the green-thread workers.
+WORKERS = {"guarded": ("threading", {}),
+           "gthread": ("threading", {"MASKWATCH_GUARD_CONNECTIONS": "false"}),
+           "gevent": ("gevent", {}), "eventlet": ("eventlet", {})}
+
+
+def start_server(worker: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
+    mode, env = WORKERS[worker]
     proc = subprocess.Popen([sys.executable, "-m", "webapp.cli", "serve", "--port", str(port), "--async-mode", mode],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **env})
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
     while time.time() < deadline:
@@ -71,7 +79,7 @@ def start_server(mode: str) -> tuple[subprocess.Popen, str]:
         except requests.RequestException:
             time.sleep(0.3)
     proc.kill()
-    raise SystemExit(f"server ({mode}) did not start")
+    raise SystemExit(f"server ({worker}) did not start")
 
 
 def camera(url: str, frames: list[bytes], seconds: float, results: list, start_at: float) -> None:
@@ -111,13 +119,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4, 8])
     p.add_argument("--seconds", type=float, default=20)
-    p.add_argument("--async-mode", nargs="+", default=["threading"], choices=("threading", "eventlet", "gevent"))
+    p.add_argument("--worker", nargs="+", default=["guarded"], choices=WORKERS)
     args = p.parse_args(argv)
     settings = Settings.load()
     frames = [f for n in (1, 2, 3) for f in compose_frames(settings.data_dir, n, 4, seed=11)]
     rows = []
-    for mode in args.async_mode:
-        proc, url = start_server(mode)
+    for worker in args.worker:
+        proc, url = start_server(worker)
         try:
             run(url, 1, frames, 3)  # warm-up
             for n in args.clients:
@@ -129,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                 first = np.array([r for t, r in flat if t < 10])
                 last = np.array([r for t, r in flat if t >= args.seconds - 10])
                 rows.append({
-                    "mode": mode, "clients": n,
+                    "worker": worker, "clients": n,
                     "fps_client": np.mean([len(c) / args.seconds for c in per_client]),
                     "fps_total": len(flat) / args.seconds,
                     "p50": np.percentile(rtts, 50), "p95": np.percentile(rtts, 95),
@@ -139,17 +147,21 @@ def main(argv: list[str] | None = None) -> int:
                     "windows": [np.percentile([r for t, r in flat if w <= t < w + 10] or [np.nan], 50)
                                 for w in range(0, int(args.seconds), 10)],
                 })
-                print(f"done: {mode} x{n}", file=sys.stderr, flush=True)
+                print(f"done: {worker} x{n}", file=sys.stderr, flush=True)
         finally:
             proc.terminate()
-            proc.wait(15)
+            try:
+                proc.wait(30)  # gunicorn's graceful stop (15 s) plus the worker's own
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
     print(f"{args.seconds:.0f} s per row, 640x480 JPEG frames with 1-3 faces, {os.cpu_count()} cores "
           "(clients on the same machine)")
-    print("| mode | cameras | fps / camera | frames/s total | rtt p50 ms | rtt p95 ms | p50 first 10 s | "
+    print("| worker | cameras | fps / camera | frames/s total | rtt p50 ms | rtt p95 ms | p50 first 10 s | "
           "p50 last 10 s | server RSS start → end MB | p50 per 10 s window |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['mode']} | {r['clients']} | {r['fps_client']:.1f} | {r['fps_total']:.1f} | {r['p50']:.1f} | "
+        print(f"| {r['worker']} | {r['clients']} | {r['fps_client']:.1f} | {r['fps_total']:.1f} | {r['p50']:.1f} | "
               f"{r['p95']:.1f} | {r['first10']:.1f} | {r['last10']:.1f} | {r['rss_start']:.0f} → {r['rss_end']:.0f} | "
               + " / ".join(f"{w:.0f}" for w in r["windows"]) + " |")
     return 0

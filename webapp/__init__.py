@@ -28,7 +28,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     ``pipeline_factory`` (``sharing -> Pipeline``, instead of loading ``model/``) and ``clock``.
     """
     from webapp import security, sockets
-    from webapp.config import PROJECT_ROOT, Settings
+    from webapp.config import PROJECT_ROOT, RESERVED_THREADS, Settings
     from webapp.events import CameraNamespace, DashboardNamespace
     from webapp.history import History
     from webapp.service import InferenceService
@@ -59,7 +59,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
                         serializer=sockets.FramePacket)
     sockets.guard_packets(socketio.server)
     sockets.bound_websocket_messages(socketio.server)
-    app.wsgi_app = security.SocketIOGate(app.wsgi_app, settings.token)  # outside Socket.IO's own middleware
+    max_websockets = settings.threads - RESERVED_THREADS if settings.async_mode == "threading" else None
+    # outside Socket.IO's own middleware
+    app.wsgi_app = security.SocketIOGate(app.wsgi_app, settings.token, max_websockets)
     history = History(settings.history_path or Path(app.instance_path) / "maskwatch.sqlite3",
                       settings.retention_days)
     service = InferenceService(socketio, settings,

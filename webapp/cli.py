@@ -200,6 +200,11 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--token", help="access token for pages and sockets (or MASKWATCH_TOKEN)")
     s.add_argument("--no-auth", action="store_true", default=None,
                    help="allow a non-loopback bind without a token (anyone on the network can use it)")
+    s.add_argument("--max-client-connections", type=int,
+                   help="open connections one client address may hold (default 100; 0 = no limit, "
+                        "behind a proxy)")
+    s.add_argument("--header-timeout", type=float,
+                   help="seconds a client has to send a request head, and for each read after it (default 10)")
     s.set_defaults(func=cmd_serve)
     g = sub.add_parser("gen-cert", help="make a self-signed TLS certificate for this machine's LAN names")
     g.add_argument("--out", type=Path, default=Path("instance"), help="folder for the files (default: instance/)")
@@ -216,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         overrides = {"model_dir": args.model, "detector": args.detector}
-        for key in ("host", "port", "certfile", "keyfile", "async_mode", "workers", "token", "no_auth", "alerts"):
+        for key in ("host", "port", "certfile", "keyfile", "async_mode", "workers", "token", "no_auth", "alerts",
+                    "max_client_connections", "header_timeout"):
             overrides[key] = getattr(args, key, None)
         settings = Settings.load(overrides)
         return args.func(args, settings)

@@ -18,6 +18,8 @@ ENV_PREFIX = "MASKWATCH_"
 # The allowed words of the settings that take one of a few (the CLI's choices come from here).
 CHOICES: dict[str, tuple[str, ...]] = {"alerts": ("off", "visual", "sound"),
                                        "async_mode": ("threading", "eventlet", "gevent")}
+# Threads of the threaded worker that WebSockets may not take: pages, API and /healthz stay open.
+RESERVED_THREADS = 8
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
@@ -66,6 +68,15 @@ class Settings:
     async_mode: str = "threading"
     certfile: Path | None = None
     keyfile: Path | None = None
+    # Connections (threading mode): worker threads, each open WebSocket holds one and the last
+    # RESERVED_THREADS are kept for pages and the API; a client must finish its request head
+    # within header_timeout seconds; one address holds at most max_client_connections sockets
+    # (0 = no limit: set it so behind a proxy, which connects from one address). guard_connections
+    # False runs gunicorn's stock gthread worker instead (compared in bench/loadtest.py).
+    threads: int = 64
+    header_timeout: float = 10.0
+    max_client_connections: int = 100
+    guard_connections: bool = True
     # Access token for every page, API and socket; required when binding beyond loopback.
     token: str | None = None
     no_auth: bool = False
@@ -86,6 +97,9 @@ class Settings:
                 raise ValueError(f"setting {name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if not 0 < self.port < 65536:
             raise ValueError(f"setting port must be 1-65535, got {self.port}")
+        if self.header_timeout <= 0 or self.max_client_connections < 0 or self.threads < RESERVED_THREADS + 1:
+            raise ValueError(f"settings header_timeout must be > 0, max_client_connections >= 0 and threads "
+                             f"> {RESERVED_THREADS}")
         for name in ("tile_every", "track_min_frames", "retention_days", "max_frame_bytes", "max_image_bytes",
                      "max_frame_pixels"):
             if getattr(self, name) < 1:

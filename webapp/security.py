@@ -10,6 +10,7 @@ the cookie and removed from the address bar right away).
 from __future__ import annotations
 
 import hmac
+import json
 import threading
 import time
 from collections import deque
@@ -140,12 +141,17 @@ def init_app(app: Flask) -> None:
 
 class SocketIOGate:
     """WSGI middleware in front of the Socket.IO endpoint, which Engine.IO answers without
-    passing through Flask: the same security headers on its responses, and - when the server
-    has a token - a refusal of any new Engine.IO session without it, before a session, a
-    thread or a buffer is spent on the client (the Socket.IO connect handler checks again)."""
+    passing through Flask: the same security headers on its responses; when the server has a
+    token, a refusal of any new Engine.IO session without it, before a session, a thread or a
+    buffer is spent on the client (the Socket.IO connect handler checks again); and at most
+    ``max_websockets`` open WebSockets, since each holds a worker thread for its lifetime (the
+    rest stay for pages, the API and ``/healthz``; a refused client falls back to polling)."""
 
-    def __init__(self, wsgi_app: Callable, token: str | None, path: str = "/socket.io") -> None:
-        self.wsgi_app, self.token, self.path = wsgi_app, token, path
+    def __init__(self, wsgi_app: Callable, token: str | None, max_websockets: int | None = None,
+                 path: str = "/socket.io") -> None:
+        self.wsgi_app, self.token, self.max_websockets, self.path = wsgi_app, token, max_websockets, path
+        self.open_websockets = 0
+        self._lock = threading.Lock()
 
     def __call__(self, environ: dict, start_response: Callable) -> Any:
         if not environ.get("PATH_INFO", "").startswith(self.path):
@@ -156,8 +162,27 @@ class SocketIOGate:
             headers = headers + [(n, v) for n, v in HEADERS if n.lower() not in present]
             return start_response(status, headers, exc_info) if exc_info else start_response(status, headers)
 
-        if self.token and "sid=" not in environ.get("QUERY_STRING", "") and not token_ok(Request(environ), self.token):
-            body = b'{"error": "unauthorized", "message": "log in at /login or send the access token"}'
-            start("401 UNAUTHORIZED", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        def refuse(status: str, error: str, message: str) -> list[bytes]:
+            body = json.dumps({"error": error, "message": message}).encode()
+            start(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
             return [body]
-        return self.wsgi_app(environ, start)
+
+        if self.token and "sid=" not in environ.get("QUERY_STRING", "") and not token_ok(Request(environ), self.token):
+            return refuse("401 UNAUTHORIZED", "unauthorized", "log in at /login or send the access token")
+        if environ.get("HTTP_UPGRADE", "").lower() != "websocket":
+            return self.wsgi_app(environ, start)
+        with self._lock:
+            full = self.max_websockets is not None and self.open_websockets >= self.max_websockets
+            if not full:
+                self.open_websockets += 1
+        if full:
+            return refuse("503 SERVICE UNAVAILABLE", "busy",
+                          f"this server holds its maximum of {self.max_websockets} WebSockets; use polling")
+        sock = environ.get("gunicorn.socket")
+        if sock is not None:
+            sock.settimeout(None)  # the worker's per-read timeout is for heads and bodies, not for sockets
+        try:
+            return self.wsgi_app(environ, start)  # returns when the WebSocket closes (threading mode)
+        finally:
+            with self._lock:
+                self.open_websockets -= 1

@@ -1,8 +1,9 @@
 """The production server: gunicorn, one worker process, Flask-SocketIO inside it.
 
 One worker because Socket.IO keeps per-connection state in the process (and the models
-would be loaded once per worker). In threading mode the worker is gunicorn's threaded
-``gthread`` worker with simple-websocket; each open WebSocket holds one of its threads.
+would be loaded once per worker). In threading mode the worker is gunicorn's threaded worker
+with simple-websocket, guarded against idle and slow connections (``webapp.worker``); each open
+WebSocket holds one of its threads.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from webapp.config import Settings
 
 log = logging.getLogger("maskwatch.server")
 
-WORKER_CLASSES = {"threading": "gthread", "eventlet": "eventlet", "gevent": "gevent"}
+WORKER_CLASSES = {"threading": "webapp.worker.GuardedThreadWorker", "eventlet": "eventlet", "gevent": "gevent"}
+# Open connections the worker may hold; each is a file descriptor (the limit is raised to fit).
+WORKER_CONNECTIONS = 4000
 
 
 class MaskwatchServer(BaseApplication):
@@ -35,9 +38,10 @@ class MaskwatchServer(BaseApplication):
         options: dict[str, Any] = {
             "bind": f"[{s.host}]:{s.port}" if ":" in s.host else f"{s.host}:{s.port}",
             "workers": 1,
-            "worker_class": WORKER_CLASSES[s.async_mode],
-            "threads": 64 if s.async_mode == "threading" else 1,
-            "worker_connections": 1000,
+            "worker_class": ("gthread" if s.async_mode == "threading" and not s.guard_connections
+                             else WORKER_CLASSES[s.async_mode]),
+            "threads": s.threads if s.async_mode == "threading" else 1,
+            "worker_connections": allow_open_files(WORKER_CONNECTIONS),
             "timeout": 120,
             # Above the service's own stop (count who is in view, write history): gunicorn
             # SIGKILLs a worker still busy after this many seconds.
@@ -104,6 +108,21 @@ class MaskwatchServer(BaseApplication):
     def _overrides(self) -> dict[str, Any]:
         import dataclasses
         return {f.name: getattr(self.settings, f.name) for f in dataclasses.fields(self.settings)}
+
+
+def allow_open_files(connections: int) -> int:
+    """Raise this process's open-file limit so ``connections`` sockets fit (plus the models,
+    logs and database); return how many connections fit if the hard limit is lower."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = connections + 256
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        soft = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    fit = connections if soft == resource.RLIM_INFINITY else min(connections, soft - 256)
+    if fit < connections:
+        log.warning("open-file limit %d: holding at most %d connections (raise ulimit -n)", soft, fit)
+    return fit
 
 
 def check_port_free(host: str, port: int) -> None:
