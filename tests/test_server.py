@@ -130,7 +130,7 @@ def test_frame_slots_keep_only_the_newest_frame():
 
 
 def test_live_stats_snapshot():
-    stats, door = LiveStats(), CameraStats("s1", "door")
+    stats, door = LiveStats("this server"), CameraStats("s1", "door")
     assert stats.snapshot([door], now=99.0)["compliance"] is None
     stats.add_person("with_mask")
     stats.add_person("with_mask")

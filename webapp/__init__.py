@@ -30,7 +30,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     from webapp import security, sockets
     from webapp.config import PROJECT_ROOT, RESERVED_THREADS, Settings
     from webapp.events import CameraNamespace, DashboardNamespace
-    from webapp.history import History
+    from webapp.history import History, database_url
     from webapp.service import InferenceService
     from webapp.views import bp
     from webapp.vision.pipeline import build_pipeline
@@ -56,13 +56,16 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     # so an oversized frame is answered with frame_error 'too_large', not a dropped connection.
     socketio = SocketIO(app, async_mode=settings.async_mode, cors_allowed_origins=None,
                         max_http_buffer_size=settings.max_frame_bytes * 2 + 64 * 1024,
-                        serializer=sockets.FramePacket)
+                        serializer=sockets.FramePacket,
+                        # --redis: alerts reach dashboards on every server (Flask-SocketIO's queue)
+                        message_queue=settings.redis_url, channel="maskwatch")
     sockets.guard_packets(socketio.server)
     sockets.bound_websocket_messages(socketio.server)
     max_websockets = settings.threads - RESERVED_THREADS if settings.async_mode == "threading" else None
     # outside Socket.IO's own middleware
     app.wsgi_app = security.SocketIOGate(app.wsgi_app, settings.token, max_websockets)
-    history = History(settings.history_path or Path(app.instance_path) / "maskwatch.sqlite3",
+    history = History(database_url(settings.database_url,
+                                   settings.history_path or Path(app.instance_path) / "maskwatch.sqlite3"),
                       settings.retention_days)
     service = InferenceService(socketio, settings,
                                make_pipeline or (lambda sharing: build_pipeline(settings, sharing)), history, clock)

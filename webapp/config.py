@@ -88,6 +88,12 @@ class Settings:
     # History database (SQLite; default: maskwatch.sqlite3 in the instance folder) and retention.
     history_path: Path | None = None
     retention_days: int = 90
+    # Several servers: a SQLAlchemy URL for the history instead of the SQLite file
+    # (postgresql://user@host:port/db), Redis for live counts and alerts shared among servers,
+    # and this server's name on a shared dashboard (default: host name and port).
+    database_url: str | None = field(default=None, metadata={"env": "MASKWATCH_DATABASE_URL"})
+    redis_url: str | None = field(default=None, metadata={"env": "MASKWATCH_REDIS_URL"})
+    server_name: str | None = None
     # Dashboard 'counts' events at most this often (seconds).
     counts_interval: float = 0.5
 

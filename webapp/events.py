@@ -36,6 +36,11 @@ class ServiceNamespace(Namespace):
             return None
         return super().trigger_event(event, *args)
 
+    def reply(self, event: str, data: Any) -> None:
+        """Send to the client of this event only, never through the message queue of
+        ``--redis``: the answer must not wait on Redis (or be lost when it is down)."""
+        self.socketio.emit(event, data, to=request.sid, namespace=self.namespace, ignore_queue=True)
+
     def check_token(self) -> None:
         if not token_ok(request, self.service.settings.token):
             raise ConnectionRefusedError("unauthorized")
@@ -57,7 +62,7 @@ class CameraNamespace(ServiceNamespace):
     def on_frame(self, data: Any = None) -> None:
         error = self.service.submit(request.sid, data)
         if error is not None:
-            self.emit("frame_error", error, room=request.sid)
+            self.reply("frame_error", error)
 
 
 class DashboardNamespace(ServiceNamespace):
@@ -66,6 +71,6 @@ class DashboardNamespace(ServiceNamespace):
     def on_connect(self, auth: Any = None) -> None:
         self.check_token()
         self.service.start()
-        self.emit("counts", self.service.snapshot(), room=request.sid)
-        for alert in list(self.service.recent_alerts):  # raised before this dashboard opened
-            self.emit("alert", alert, room=request.sid)
+        self.reply("counts", self.service.snapshot())
+        for alert in self.service.recent_alerts():  # raised before this dashboard opened
+            self.reply("alert", alert)

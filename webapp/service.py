@@ -15,6 +15,8 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import queue
+import socket
 import threading
 import time
 from collections import deque
@@ -22,7 +24,8 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Protocol
 
 from webapp.config import Settings
-from webapp.history import History
+from webapp.history import History, HistoryUnavailable
+from webapp.redis_stats import RedisStats
 from webapp.session import CameraSession, Observation
 from webapp.slots import FrameSlots, Pending
 from webapp.stats import CameraStats, LiveStats, local_midnight
@@ -43,7 +46,13 @@ log = logging.getLogger(__name__)
 MAX_CAMERA_NAME = 60
 RECENT_ALERTS = 20  # sent to a dashboard when it connects, so it sees what it missed
 
+OUTBOX_SIZE = 1000
 Clock = Callable[[], float]
+
+
+def server_name(settings: Settings) -> str:
+    """How this server's cameras are labelled on a shared dashboard."""
+    return settings.server_name or f"{socket.gethostname()}:{settings.port}"
 
 
 class PayloadError(FrameError):
@@ -83,7 +92,8 @@ def error_payload(seq: int | None, code: str, message: str) -> dict:
 
 
 class Emitter(Protocol):
-    def emit(self, event: str, data: Any, to: str | None = None, namespace: str | None = None) -> None: ...
+    def emit(self, event: str, data: Any, to: str | None = None, namespace: str | None = None,
+             ignore_queue: bool = False) -> None: ...
     def start_background_task(self, target: Callable[..., Any], *args: Any) -> Any: ...
     def sleep(self, seconds: float) -> None: ...
 
@@ -103,9 +113,13 @@ class InferenceService:
         self.history = history
         self.clock: Clock = clock or time.time
         self.slots = FrameSlots()
-        self.stats = LiveStats(people_today=dict(history.totals("people", local_midnight())))
+        self.shared = RedisStats(settings.redis_url, server_name(settings)) if settings.redis_url else None
+        self.stats = LiveStats(server_name(settings), self._people_today(history), self.shared)
         self.started = self.clock()
-        self.recent_alerts: deque[dict] = deque(maxlen=RECENT_ALERTS)
+        self._recent_alerts: deque[dict] = deque(maxlen=RECENT_ALERTS)
+        # Events for dashboards on every server go through Redis from one thread of their own,
+        # so neither a slow nor a dead Redis ever holds up an inference worker.
+        self._outbox: queue.Queue[tuple[str, dict]] = queue.Queue(maxsize=OUTBOX_SIZE)
         self._sessions: dict[str, CameraSession] = {}
         self._lock = threading.Lock()
         self._unnamed = itertools.count(1)
@@ -127,6 +141,9 @@ class InferenceService:
             self.socketio.start_background_task(self._work, pipeline)
         self.socketio.start_background_task(self._broadcast)
         self.socketio.start_background_task(self._persist)
+        if self.shared is not None:
+            self.socketio.start_background_task(self._share)
+            self.socketio.start_background_task(self._send_outbox)
         log.info("inference: %d worker(s), async mode %s", n, self.settings.async_mode)
 
     def stop(self) -> None:
@@ -203,15 +220,17 @@ class InferenceService:
                 return
             camera = session.display_name(pending)
             self._record(session, camera, observed, now)
-            self.socketio.emit("detections", {"seq": pending.seq, **observed.result.to_dict()},
-                               to=session.sid, namespace="/")
+            self._to_camera(session, "detections", {"seq": pending.seq, **observed.result.to_dict()})
         except FrameError as exc:
-            self.socketio.emit("frame_error", error_payload(pending.seq, exc.code, exc.message),
-                               to=session.sid, namespace="/")
+            self._to_camera(session, "frame_error", error_payload(pending.seq, exc.code, exc.message))
         except Exception:  # noqa: BLE001 - one bad frame must not kill the worker
             log.exception("inference failed for a frame of %s", session.sid)
-            self.socketio.emit("frame_error", error_payload(pending.seq, "internal",
-                               "the server could not process this frame"), to=session.sid, namespace="/")
+            self._to_camera(session, "frame_error",
+                            error_payload(pending.seq, "internal", "the server could not process this frame"))
+
+    def _to_camera(self, session: CameraSession, event: str, data: dict) -> None:
+        """A camera is always connected to this server: straight to it, never through Redis."""
+        self.socketio.emit(event, data, to=session.sid, namespace="/", ignore_queue=True)
 
     def _record(self, session: CameraSession, camera: str, observed: Observation, now: float) -> None:
         """Counts, history and alerts for one observed frame."""
@@ -231,14 +250,37 @@ class InferenceService:
                                       "ts": datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds")})
 
     def _alert(self, session: CameraSession, alert: dict) -> None:
-        dashboard_alert = {**alert, "camera_id": session.sid}
-        self.recent_alerts.append(dashboard_alert)
-        self.socketio.emit("alert", alert, to=session.sid, namespace="/")
-        self.socketio.emit("alert", dashboard_alert, namespace="/dashboard")
+        dashboard_alert = {**alert, "camera_id": session.sid, "server": self.stats.server}
+        self._recent_alerts.append(dashboard_alert)
+        self._to_camera(session, "alert", alert)
+        if self.shared is None:
+            self.socketio.emit("alert", dashboard_alert, namespace="/dashboard")
+            return
+        self.shared.add_alert(dashboard_alert)
+        try:
+            self._outbox.put_nowait(("alert", dashboard_alert))
+        except queue.Full:  # Redis is stuck: dashboards still get it from the replay list later
+            log.debug("outbox full: alert for %s not broadcast live", session.name)
+
+    def recent_alerts(self) -> list[dict]:
+        """The last alerts of this server, or of the whole building with ``--redis``."""
+        if self.shared is not None and not self.shared.down:
+            return self.shared.recent_alerts()
+        return list(self._recent_alerts)
 
     def _count_person(self, camera: str, label: str) -> None:
         self.stats.add_person(label)
         self.history.add("people", camera, label)
+
+    def _people_today(self, history: History) -> dict[str, int]:
+        """This server's people today from its history (with ``--redis`` they come from Redis)."""
+        if self.shared is not None:
+            return {}
+        try:
+            return dict(history.totals("people", local_midnight()))
+        except HistoryUnavailable:
+            log.warning("people today start at 0: the history database is not reachable")
+            return {}
 
     # -- background loops -------------------------------------------------------------------
 
@@ -278,6 +320,25 @@ class InferenceService:
             except Exception:  # noqa: BLE001 - a full disk must not stop the server
                 log.exception("could not write history")
 
+    def _share(self) -> None:
+        """With ``--redis``: publish this server's cameras and counts, read the building's."""
+        while self._running:
+            self.socketio.sleep(1.0)
+            cameras = [s.stats.snapshot(self.clock()) for s in self.sessions()]
+            if self.shared.sync(cameras):
+                self.stats.touch()
+
+    def _send_outbox(self) -> None:
+        while self._running:
+            try:
+                event, data = self._outbox.get(timeout=1.0)
+            except queue.Empty:
+                continue
+            try:
+                self.socketio.emit(event, data, namespace="/dashboard")
+            except Exception:  # noqa: BLE001 - Redis down: the replay list has it once Redis is back
+                log.debug("could not broadcast %s through Redis", event, exc_info=True)
+
     def _broadcast(self) -> None:
         sent = -1
         while self._running:
@@ -287,6 +348,6 @@ class InferenceService:
     def broadcast_if_changed(self, sent: int) -> int:
         """Send ``counts`` to dashboards if anything changed since version ``sent``; the version sent."""
         version = self.stats.version
-        if version != sent:
-            self.socketio.emit("counts", self.snapshot(), namespace="/dashboard")
+        if version != sent:  # each server sends the building's snapshot to its own dashboards
+            self.socketio.emit("counts", self.snapshot(), namespace="/dashboard", ignore_queue=True)
         return version

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+from webapp.redis_stats import RedisStats
 from webapp.vision.labels import LABELS, WITH_MASK
 
 # A camera that sent nothing for this long shows nobody in view (stopped, or the page hidden).
@@ -78,9 +79,13 @@ def _iso(t: float) -> str:
 
 class LiveStats:
     """People counted today and the ``counts`` snapshot; the per-camera part lives in each
-    camera's session (``CameraStats``). Thread-safe."""
+    camera's session (``CameraStats``). With ``shared`` (``--redis``) the snapshot is the whole
+    building's: other servers' cameras and the people all servers counted. Thread-safe."""
 
-    def __init__(self, people_today: dict[str, int] | None = None) -> None:
+    def __init__(self, server: str, people_today: dict[str, int] | None = None,
+                 shared: RedisStats | None = None) -> None:
+        self.server = server
+        self.shared = shared
         self._lock = threading.Lock()
         self._people = {**_zeros(), **(people_today or {})}
         self._day = _today()
@@ -92,6 +97,8 @@ class LiveStats:
             self._roll_day()
             self._people[label] += 1
             self.version += 1
+        if self.shared is not None:
+            self.shared.add_person(label)
 
     def touch(self) -> None:
         """Something a dashboard shows changed (a camera came, went or sent a frame)."""
@@ -105,7 +112,9 @@ class LiveStats:
 
     def snapshot(self, cameras: list[CameraStats], now: float) -> dict:
         """The dashboard's ``counts`` payload (also ``GET /api/stats``)."""
-        views = [c.snapshot(now) for c in cameras]
+        views = [{**c.snapshot(now), "server": self.server} for c in cameras]
+        if self.shared is not None:
+            views += self.shared.remote_cameras()
         in_view = _zeros()
         for cam in views:
             for label, n in cam["in_view"].items():
@@ -113,11 +122,13 @@ class LiveStats:
         with self._lock:
             self._roll_day()
             people = dict(self._people)
+        if self.shared is not None:
+            people = {**_zeros(), **self.shared.people_today()}
         total = sum(people.values())
         return {
             "in_view": in_view,
             "people": people,  # today (server's local date), counted once per person
             "compliance": None if total == 0 else round(people[WITH_MASK] / total, 4),
-            "cameras": sorted(views, key=lambda c: c["name"]),
+            "cameras": sorted(views, key=lambda c: (c["name"], c["server"])),
             "ts": _iso(now),
         }

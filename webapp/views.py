@@ -10,7 +10,7 @@ from flask import Blueprint, Response, abort, current_app, jsonify, render_templ
 
 from webapp import __version__
 from webapp.config import PROJECT_ROOT
-from webapp.history import History, parse_since
+from webapp.history import History, HistoryUnavailable, parse_since
 from webapp.stats import local_midnight
 from webapp.vision.classifier import MODEL_FILE
 from webapp.vision.trained_detector import DETECTOR_FILE
@@ -81,6 +81,8 @@ def _history_rows():
     try:
         since = parse_since(request.args.get("since"), local_midnight())
         return bucket, since, _service().history.query(bucket, since)
+    except HistoryUnavailable as exc:
+        abort(503, description=str(exc))
     except ValueError as exc:
         abort(400, description=str(exc))
 
