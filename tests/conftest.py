@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, LiveServer
+from tests.helpers import CHROMIUM, ROOT, LiveServer
 from webapp.config import Settings
 
 # Set before any test module imports TensorFlow (collection imports training.train): the
@@ -59,6 +59,16 @@ def model_dir() -> Path:
 @pytest.fixture(autouse=True, scope="session")
 def _quiet_tensorflow() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Playwright, for Debian's headless Chromium (tests/test_browser.py has the flags)."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run does)")
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        yield p
 
 
 @pytest.fixture(scope="module")

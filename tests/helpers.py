@@ -4,6 +4,7 @@ Socket.IO camera client, and the in-process test client with an injectable clock
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ import numpy as np
 import socketio
 
 ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 PNG = cv2.imencode(".png", np.zeros((48, 64, 3), np.uint8))[1].tobytes()
 
 
@@ -118,13 +120,14 @@ class Camera:
     """A python-socketio camera client that records what the server sends it; ``answer`` waits
     on a condition its event handlers notify, so nothing polls."""
 
-    def __init__(self, url: str, name: str | None = None) -> None:
+    def __init__(self, url: str, name: str | None = None, headers: dict | None = None) -> None:
         self.sio = socketio.Client(reconnection=False)
         self.detections, self.errors = [], []
         self.answered = threading.Condition()
         self.sio.on("detections", lambda msg: self._record(self.detections, msg))
         self.sio.on("frame_error", lambda msg: self._record(self.errors, msg))
-        self.sio.connect(url, transports=["websocket"], auth={"camera": name} if name else None, wait_timeout=10)
+        self.sio.connect(url, transports=["websocket"], auth={"camera": name} if name else None,
+                         headers=headers or {}, wait_timeout=10)
 
     def _record(self, received: list, msg) -> None:
         with self.answered:

@@ -4,29 +4,16 @@ The y4m video is built at test time from dataset images (in the test's temporary
 screenshots are saved there too. Nothing cut from a dataset goes into the repository.
 """
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from bench.frames import compose_frames, write_y4m
-from tests.helpers import ROOT, Camera, LiveServer, answer
+from tests.helpers import CHROMIUM, ROOT, Camera, LiveServer, answer
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
          "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run does)")
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        yield p
 
 
 def launch(p, video: Path):
@@ -52,7 +39,7 @@ def test_camera_page_over_https(browser, data_dir, tmp_path):
         server.stop()
 
 
-def stream_and_check(browser, url, data_dir, tmp_path, https=False):
+def stream_and_check(browser, url, data_dir, tmp_path, https=False, query=""):
     video = tmp_path / "faces.y4m"
     write_y4m(video, compose_frames(data_dir, 3, 6, seed=7), repeat=3)
     chromium = launch(browser, video)
@@ -63,7 +50,7 @@ def stream_and_check(browser, url, data_dir, tmp_path, https=False):
         camera_errors = []
         camera.on("pageerror", lambda e: camera_errors.append(str(e)))
         camera.on("console", lambda m: m.type == "error" and camera_errors.append(m.text))
-        camera.goto(url + "/")
+        camera.goto(url + "/" + query)
         assert camera.evaluate("window.isSecureContext")
         camera.fill("#camera-name", "browser test door")
         camera.click("#start")

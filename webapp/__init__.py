@@ -64,6 +64,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     max_websockets = settings.threads - RESERVED_THREADS if settings.async_mode == "threading" else None
     # outside Socket.IO's own middleware
     app.wsgi_app = security.SocketIOGate(app.wsgi_app, settings.token, max_websockets)
+    if settings.proxy_hops:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxy_hops, x_proto=settings.proxy_hops)
     history = History(database_url(settings.database_url,
                                    settings.history_path or Path(app.instance_path) / "maskwatch.sqlite3"),
                       settings.retention_days)

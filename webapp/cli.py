@@ -162,7 +162,31 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     for f in filter(None, (settings.certfile, settings.keyfile)):
         if not Path(f).is_file():
             raise ValueError(f"file not found: {f}")
+    check_several_servers(settings)
     return run_server(settings, server_urls(settings))
+
+
+def check_several_servers(settings: Settings) -> None:
+    """Refuse a malformed --redis/--database URL, or one whose client library is missing, in
+    one line before the server starts (a server that is down is fine: it is retried)."""
+    import importlib.util
+    if settings.redis_url:
+        if not settings.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"--redis takes a URL such as redis://localhost:6379/0, got {settings.redis_url!r}")
+        if importlib.util.find_spec("redis") is None:
+            raise ValueError("--redis needs the Redis client: pip install '.[several]'")
+    if settings.database_url:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+        try:
+            backend = make_url(settings.database_url).get_backend_name()
+        except ArgumentError:
+            raise ValueError("--database takes a SQLAlchemy URL such as postgresql://user@host:5432/maskwatch "
+                             f"or sqlite:///path/history.sqlite3, got {settings.database_url!r}") from None
+        if backend == "postgresql" and importlib.util.find_spec("psycopg") is None:
+            raise ValueError("--database postgresql://... needs psycopg: pip install '.[several]'")
+        if backend not in ("postgresql", "sqlite"):
+            raise ValueError(f"--database supports postgresql:// and sqlite:/// URLs, got {backend}://")
 
 
 def cmd_gen_cert(args: argparse.Namespace, settings: Settings) -> int:
@@ -200,6 +224,12 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--token", help="access token for pages and sockets (or MASKWATCH_TOKEN)")
     s.add_argument("--no-auth", action="store_true", default=None,
                    help="allow a non-loopback bind without a token (anyone on the network can use it)")
+    s.add_argument("--redis", dest="redis_url", metavar="URL",
+                   help="share live counts and alerts with other servers (redis://host:port/db)")
+    s.add_argument("--database", dest="database_url", metavar="URL",
+                   help="history in this SQLAlchemy database instead of the SQLite file "
+                        "(postgresql://user@host:port/db for several servers)")
+    s.add_argument("--server-name", help="this server's name on a shared dashboard (default: host name:port)")
     s.add_argument("--max-client-connections", type=int,
                    help="open connections one client address may hold (default 100; 0 = no limit, "
                         "behind a proxy)")
@@ -222,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         overrides = {"model_dir": args.model, "detector": args.detector}
         for key in ("host", "port", "certfile", "keyfile", "async_mode", "workers", "token", "no_auth", "alerts",
-                    "max_client_connections", "header_timeout"):
+                    "max_client_connections", "header_timeout", "redis_url", "database_url", "server_name"):
             overrides[key] = getattr(args, key, None)
         settings = Settings.load(overrides)
         return args.func(args, settings)

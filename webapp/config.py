@@ -94,6 +94,9 @@ class Settings:
     database_url: str | None = field(default=None, metadata={"env": "MASKWATCH_DATABASE_URL"})
     redis_url: str | None = field(default=None, metadata={"env": "MASKWATCH_REDIS_URL"})
     server_name: str | None = None
+    # Proxies in front of this server (nginx: 1) whose X-Forwarded-For/-Proto are trusted, so
+    # login throttling sees the client's address and cookies know the page came over https.
+    proxy_hops: int = 0
     # Dashboard 'counts' events at most this often (seconds).
     counts_interval: float = 0.5
 

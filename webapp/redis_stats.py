@@ -100,11 +100,12 @@ class RedisStats:
             with self._lock:
                 self._people_waiting.update(people)
                 self._alerts_waiting.extendleft(reversed(alerts))
+                changed, self._remote = bool(self._remote), []  # nobody can vouch for them now
             if not self.down:
                 self.down = True
                 log.warning("Redis is unreachable (%s): this server's counts wait in memory, dashboards show "
                             "its own cameras only until it is back", str(exc).splitlines()[0])
-            return False
+            return changed
         if self.down:
             self.down = False
             log.warning("Redis is back: live counts are shared again")
