@@ -1,22 +1,22 @@
-"""Real PostgreSQL and nginx processes for the several-servers tests, on free loopback ports.
+"""A real PostgreSQL for the several-servers tests, on a free loopback port.
 
-Redis comes from pytest-redis (its ``redis_proc`` fixture). PostgreSQL is started here rather
-than with pytest-postgresql because these machines and CI run the tests as root, which
-PostgreSQL refuses: as root the cluster runs as Debian's ``postgres`` system user.
+Redis comes from pytest-redis (its ``redis_proc`` fixture), nginx from ``bench/nginx.py``.
+PostgreSQL is started here rather than with pytest-postgresql because these machines and CI
+run the tests as root, which PostgreSQL refuses: as root the cluster runs as Debian's
+``postgres`` system user.
 """
 
 from __future__ import annotations
 
 import glob
 import os
-import re
 import shutil
 import signal
 import subprocess
 import tempfile
 from pathlib import Path
 
-from tests.helpers import ROOT, free_port, poll
+from tests.helpers import free_port, poll
 
 
 def postgres_bindir() -> Path | None:
@@ -81,28 +81,3 @@ class PostgresServer:
     def remove(self) -> None:
         self.stop()
         shutil.rmtree(self.base, ignore_errors=True)
-
-
-class Nginx:
-    """``deploy/nginx.conf`` with its ports and certificate replaced, in a prefix of its own."""
-
-    def __init__(self, prefix: Path, upstream_ports: list[int], cert: Path, key: Path) -> None:
-        self.port = free_port()
-        prefix.mkdir(parents=True, exist_ok=True)
-        (prefix / "tmp").mkdir(exist_ok=True)
-        conf = (ROOT / "deploy" / "nginx.conf").read_text()
-        for default, port in zip((5001, 5002), upstream_ports, strict=True):
-            conf = conf.replace(f"127.0.0.1:{default}", f"127.0.0.1:{port}")
-        conf = conf.replace("listen 8443 ssl", f"listen 127.0.0.1:{self.port} ssl")
-        conf = conf.replace("ssl_certificate maskwatch-cert.pem", f"ssl_certificate {cert}")
-        conf = conf.replace("ssl_certificate_key maskwatch-key.pem", f"ssl_certificate_key {key}")
-        assert not re.search(r"127\.0\.0\.1:500[12]\b", conf)
-        (prefix / "nginx.conf").write_text(conf)
-        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-        self.proc = subprocess.Popen([nginx, "-p", str(prefix), "-c", "nginx.conf"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        self.url = f"https://localhost:{self.port}"
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(15)

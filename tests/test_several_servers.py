@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from types import SimpleNamespace
 
 import pytest
 import requests
 import socketio
 
+from bench.nginx import Nginx
 from tests.helpers import ROOT, Camera, LiveServer, answer, poll
-from tests.services import Nginx, PostgresServer
+from tests.services import PostgresServer
 from tests.test_browser import stream_and_check
 
 TOKEN = "building-token"
@@ -48,7 +50,7 @@ def building(redis_proc, postgres, tmp_path_factory):
         nginx = Nginx(tmp_path_factory.mktemp("nginx"), [s.port for s in servers.values()],
                       certs / "maskwatch-cert.pem", certs / "maskwatch-key.pem")
         ok = poll(lambda: _status(nginx.url + "/healthz/1"), lambda code: code == 401, timeout=20)
-        assert ok == 401, nginx.proc.stderr.read() if nginx.proc.poll() is not None else ok
+        assert ok == 401, nginx.log.read_text()
         yield SimpleNamespace(a=servers["door-a"], b=servers["door-b"], nginx=nginx, redis=redis_proc,
                               postgres=postgres)
         nginx.stop()
@@ -168,6 +170,26 @@ def test_redis_then_postgres_outage_keeps_boxes_and_loses_no_buffered_minute(bui
         cam.close()
     assert poll(lambda: detections_in_history(history(building.a), "outage door"), lambda n: n == sent,
                 timeout=15) == sent
+
+
+def test_the_cameras_of_a_server_that_dies_leave_the_dashboards_within_10_s(building, postgres, tmp_path, data_dir):
+    image = (data_dir / "kaggle-facemask" / "images" / "maksssksksss11.jpg").read_bytes()
+    redis_url = f"redis://{building.redis.host}:{building.redis.port}/0"
+    doomed = LiveServer(["--token", TOKEN, "--redis", redis_url, "--database", postgres.url, "--server-name", "door-c"],
+                        env={"MASKWATCH_WORKERS": "1", "MASKWATCH_HISTORY_PATH": str(tmp_path / "unused.sqlite3")})
+    try:
+        doomed.wait_ready()
+        cam = Camera(doomed.url, "west door", headers=AUTH)
+        assert answer(cam, {"seq": 1, "image": image})[0] == "detections"
+        names = lambda: [(c["name"], c["server"]) for c in stats(building.a)["cameras"]]  # noqa: E731
+        assert ("west door", "door-c") in poll(names, lambda n: ("west door", "door-c") in n, timeout=10)
+        doomed.kill_hard()  # a power cut: nothing is said to Redis
+        start = time.monotonic()
+        assert ("west door", "door-c") not in poll(names, lambda n: ("west door", "door-c") not in n, timeout=15)
+        assert time.monotonic() - start < 10
+    finally:
+        if doomed.proc.poll() is None:
+            doomed.stop()
 
 
 def test_the_login_cookie_works_on_every_server(building):

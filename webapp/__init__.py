@@ -31,6 +31,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     from webapp.config import PROJECT_ROOT, RESERVED_THREADS, Settings
     from webapp.events import CameraNamespace, DashboardNamespace
     from webapp.history import History, database_url
+    from webapp.redis_stats import message_queue
     from webapp.service import InferenceService
     from webapp.views import bp
     from webapp.vision.pipeline import build_pipeline
@@ -58,7 +59,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
                         max_http_buffer_size=settings.max_frame_bytes * 2 + 64 * 1024,
                         serializer=sockets.FramePacket,
                         # --redis: alerts reach dashboards on every server (Flask-SocketIO's queue)
-                        message_queue=settings.redis_url, channel="maskwatch")
+                        **({"client_manager": message_queue(settings.redis_url)} if settings.redis_url else {}))
     sockets.guard_packets(socketio.server)
     sockets.bound_websocket_messages(socketio.server)
     max_websockets = settings.threads - RESERVED_THREADS if settings.async_mode == "threading" else None

@@ -118,6 +118,24 @@ class RedisStats:
             return before != (self._people, self._remote, len(self._alerts))
 
 
+class _QuietOutages(logging.Filter):
+    """python-socketio's Redis queue logs every failed publish and every reconnect attempt as an
+    error; ``RedisStats`` already says once when Redis goes away and once when it is back, so
+    those lines only show with debug logging."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "redis" not in record.getMessage().lower() or log.isEnabledFor(logging.DEBUG)
+
+
+def message_queue(url: str) -> Any:
+    """Flask-SocketIO's Redis message queue (``client_manager``) for ``url``, logging quietly."""
+    import socketio
+
+    queue_log = logging.getLogger("maskwatch.message_queue")
+    queue_log.addFilter(_QuietOutages())
+    return socketio.RedisManager(url, channel="maskwatch", logger=queue_log)
+
+
 def _cameras(raw: bytes) -> list[dict[str, Any]]:
     """The cameras a server published (an unreadable entry is skipped, not fatal)."""
     try:

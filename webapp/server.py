@@ -63,6 +63,11 @@ class MaskwatchServer(BaseApplication):
         lines.append(f"and the dashboard at {self.urls[0]}dashboard   (Ctrl+C stops)")
         if self.settings.token:
             lines.append("Pages ask for the access token once; kiosks can open URL?token=YOUR-TOKEN.")
+        if self.settings.redis_url or self.settings.database_url:
+            from webapp.service import server_name
+            shared = [what for what, url in (("live counts and alerts through Redis", self.settings.redis_url),
+                                             ("history in the --database", self.settings.database_url)) if url]
+            lines.append(f"This is server {server_name(self.settings)!r}, sharing {' and '.join(shared)}.")
         print("\n".join(lines), flush=True)
 
     @staticmethod

@@ -334,10 +334,8 @@ class InferenceService:
                 event, data = self._outbox.get(timeout=1.0)
             except queue.Empty:
                 continue
-            try:
-                self.socketio.emit(event, data, namespace="/dashboard")
-            except Exception:  # noqa: BLE001 - Redis down: the replay list has it once Redis is back
-                log.debug("could not broadcast %s through Redis", event, exc_info=True)
+            # Redis down: this server's dashboards still get it; the others from the replay list later.
+            self.socketio.emit(event, data, namespace="/dashboard", ignore_queue=self.shared.down)
 
     def _broadcast(self) -> None:
         sent = -1

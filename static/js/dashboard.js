@@ -58,13 +58,16 @@
       tr.appendChild(td);
       body.appendChild(tr);
     }
+    // With several servers (--redis) each camera says which server it streams to.
+    const servers = new Set(c.cameras.map((cam) => cam.server)).size;
     for (const cam of c.cameras) {
       const tr = document.createElement("tr");
       if (cam.in_view.without_mask || cam.in_view.mask_incorrect || Date.now() - (alertedAt[cam.id] || 0) < 10000) {
         tr.className = "alert";
       }
       // A camera page behind another tab may slow down (browsers pause hidden pages): say so.
-      const name = cam.page_hidden ? `${cam.name} (page in background)` : cam.name;
+      let name = servers > 1 ? `${cam.name} @ ${cam.server}` : cam.name;
+      if (cam.page_hidden) name += " (page in background)";
       [name, cam.fps.toFixed(1), ago(cam.last_seen), cam.in_view.with_mask, cam.in_view.mask_incorrect,
         cam.in_view.without_mask].forEach((v) => tr.appendChild(cell(String(v))));
       body.appendChild(tr);
