@@ -11,10 +11,10 @@ resident memory (gunicorn master + worker) at start and end. The clients run on 
 2-core machine as the server, so they take CPU from it: the numbers are a lower bound.
 
 ``--servers N...`` runs N servers (default worker) behind nginx (``deploy/nginx.conf`` via
-``bench/nginx.py``, listening without TLS: see there; nginx and redis-server must be installed), each N with and without a
-Redis started here (``--redis``), so the cost of the message queue and of the proxy shows in
-one run. The servers share the same cores, so two servers on one machine show the overhead of
-the setup, not the gain of a second machine.
+``bench/nginx.py``, listening without TLS: see there; nginx and redis-server must be
+installed), each N with and without a Redis started here (``--redis``), so the cost of the
+message queue and of the proxy shows in one run. The servers share the same cores, so two
+servers on one machine show the overhead of the setup, not the gain of a second machine.
 """
 
 from __future__ import annotations

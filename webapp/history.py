@@ -230,8 +230,12 @@ class History:
     def prune(self, now: datetime | None = None) -> int:
         now = now or datetime.now(timezone.utc)
         cutoff = (now - timedelta(days=self.retention_days)).strftime("%Y-%m-%dT%H:%M")
-        with self._write_lock, self.engine.begin() as conn:
-            return conn.execute(counts.delete().where(counts.c.minute < cutoff)).rowcount
+        try:
+            with self._write_lock, self.engine.begin() as conn:
+                return conn.execute(counts.delete().where(counts.c.minute < cutoff)).rowcount
+        except SQLAlchemyError as exc:  # retried at the next hourly prune
+            self._went_down(exc)
+            return 0
 
     def _read(self, stmt) -> list:
         self.flush()

@@ -155,6 +155,8 @@ class InferenceService:
         for sid in list(self._sessions):
             self.disconnect(sid)
         self.history.flush()
+        if self.shared is not None:  # the people just counted, and no cameras here any more
+            self.shared.sync([])
 
     # -- sessions -------------------------------------------------------------------------
 
