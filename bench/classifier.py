@@ -47,12 +47,15 @@ def main(argv: list[str] | None = None) -> int:
         probe = MaskClassifier(folder)
         size = probe.input_size
         batches = {n: rng.uniform(-1, 1, (n, size, size, 3)).astype(np.float32) for n in (1, 4)}
-        mirrored = " + mirrored" if probe.flip_average else ""
+        modes = [(False, "still")] + ([(True, "live")] if probe.live != probe.still else [])
         for threads in (1, 2):
             clf = MaskClassifier(folder, threads=threads)
-            for n, batch in batches.items():
-                rows.append((f"{folder.name}/ {size}px{mirrored}, TFLite {threads} thread{'s' * (threads > 1)}", n,
-                             *per_face_ms(clf.predict_proba, batch, args.runs)))
+            for live, mode in modes:
+                mirrored = " + mirrored" if clf.decisions(live).flip_average else ""
+                for n, batch in batches.items():
+                    rows.append((f"{folder.name}/ {mode} {size}px{mirrored}, TFLite {threads} "
+                                 f"thread{'s' * (threads > 1)}", n,
+                                 *per_face_ms(lambda b, live=live: clf.predict_proba(b, live), batch, args.runs)))
     probe = MaskClassifier(args.model)
     size = probe.input_size
     batches = {n: rng.uniform(-1, 1, (n, size, size, 3)).astype(np.float32) for n in (1, 4)}

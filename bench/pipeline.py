@@ -91,10 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         pipeline = build_pipeline(det)
 
         def scheduled(served_pipeline=served_pipeline, counter=iter(range(1 << 62))):
-            return lambda d: served_pipeline.process(d, tiles=next(counter) % every == 0).ms
+            return lambda d: served_pipeline.process(d, tiles=next(counter) % every == 0, live=True).ms
         configs[f"{name}: live as served (thorough pass every {every}. frame, 1 of {workers} workers)"] = scheduled()
         configs[f"{name}: cheap pass only (1 thread)"] = (
-            lambda d, served_pipeline=served_pipeline: served_pipeline.process(d, tiles=False).ms)
+            lambda d, served_pipeline=served_pipeline: served_pipeline.process(d, tiles=False, live=True).ms)
         configs[f"{name}: still images (thorough pass, every core)"] = (
             lambda d, pipeline=pipeline: pipeline.process(d).ms)
     base = "seed-style (Haar + Keras predict 224 px)"

@@ -112,13 +112,18 @@ def test_decisions_from_the_contract(model_dir, tmp_path):
     plain = with_contract(model_dir, tmp_path / "a", temperature=1.0, flip_average=False,
                           decision_offsets=[0.0, 0.0, 0.0])
     tuned = with_contract(model_dir, tmp_path / "b", temperature=2.0, flip_average=True,
-                          decision_offsets=[0.0, 5.0, 0.0])
+                          decision_offsets=[0.0, 5.0, 0.0],
+                          live={"temperature": 1.0, "flip_average": False, "decision_offsets": [0.0, 0.0, 0.0]})
     raw = plain.raw_proba(crops)
     mirrored = (raw + plain.raw_proba(np.ascontiguousarray(crops[:, :, ::-1]))) / 2
     expected = np.sqrt(mirrored) / np.sqrt(mirrored).sum(1, keepdims=True)  # softmax(log p / 2)
     assert np.allclose(tuned.predict_proba(crops), expected, atol=1e-5)
     assert np.array_equal(plain.decide(raw), raw.argmax(1))
     assert all(p.label == "mask_incorrect" for p in tuned.classify(crops))  # a large offset wins
-    with pytest.raises(ModelFilesError, match="temperature"):
-        (tmp_path / "c").mkdir()
-        with_contract(model_dir, tmp_path / "c", temperature=-1.0)
+    # live video: its own section - here one single crop, no temperature, no offsets
+    assert np.allclose(tuned.predict_proba(crops, live=True), raw, atol=1e-6)
+    assert [p.label for p in tuned.classify(crops, live=True)] == [plain.labels[i] for i in raw.argmax(1)]
+    for n, bad in enumerate(({"temperature": -1.0}, {"live": {"temperature": 0.0}})):
+        (tmp_path / f"c{n}").mkdir()
+        with pytest.raises(ModelFilesError, match="temperature"):
+            with_contract(model_dir, tmp_path / f"c{n}", **bad)

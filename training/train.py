@@ -33,7 +33,7 @@ from training.faces import FaceSet
 from training.fit import Recipe, export_classifier, fit_classifier
 from training.metrics import SIZE_BUCKETS, classifier_section, format_report, size_bucket
 from training.oof import UNSURE_BELOW, expected_calibration_error, reliability
-from webapp.vision.classifier import MaskClassifier
+from webapp.vision.classifier import LABELS_FILE, MaskClassifier
 from webapp.vision.crop import to_model_input
 from webapp.vision.labels import LABELS
 
@@ -53,30 +53,57 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compare", type=Path, nargs="*", default=[],
                    help="other CV folders (cv.json) to list in the model card's candidate table")
     p.add_argument("--limit-images", type=int, help="use only this many images per dataset (smoke tests)")
+    p.add_argument("--serving-only", action="store_true",
+                   help="only re-derive the serving decisions of the model in --out from its finished --cv")
     Recipe.add_arguments(p)
     return p.parse_args(argv)
 
 
 def serving_decisions(cv: dict) -> dict:
     """What the server does with the model's output, chosen on out-of-fold predictions:
-    flip averaging and class offsets only where they raise the mean kaggle-facemask macro-F1."""
+    flip averaging and class offsets only where they raise the mean kaggle-facemask macro-F1.
+
+    Live video reads a single crop even when still images are read mirrored too: it halves the
+    classifier's cost per frame, and the tracker's vote over a person's frames stands in for the
+    mirror. Its temperature and offsets come from the single-crop out-of-fold predictions.
+    """
     def mean_f1(section: dict) -> float:
         return section["mean_std"]["kaggle_macro_f1"]["mean"]
 
+    def decisions(variant: str) -> dict:
+        chosen = cv["variants"][variant]
+        offsets = mean_f1(chosen["offsets"]) > mean_f1(chosen["argmax"])
+        return {"temperature": chosen["calibration"]["temperature"], "flip_average": variant == "flip_tta",
+                "decision_offsets": chosen["offsets"]["chosen_on_all_folds"] if offsets else [0.0] * len(LABELS)}
+
     variants = cv["variants"]
     flip = mean_f1(variants["flip_tta"]["argmax"]) > mean_f1(variants["plain"]["argmax"])
-    chosen = variants["flip_tta" if flip else "plain"]
-    offsets = mean_f1(chosen["offsets"]) > mean_f1(chosen["argmax"])
-    return {
-        "temperature": chosen["calibration"]["temperature"],
-        "flip_average": flip,
-        "decision_offsets": chosen["offsets"]["chosen_on_all_folds"] if offsets else [0.0] * len(LABELS),
-        "unsure_below": UNSURE_BELOW,
-    }
+    still = decisions("flip_tta" if flip else "plain")
+    return {**still, "unsure_below": UNSURE_BELOW, "live": decisions("plain") if flip else still}
+
+
+def refresh_serving(out: Path, cv_dir: Path) -> dict:
+    """Re-derive the serving decisions of the model in ``out`` from its finished cross-validation
+    (``cv_dir/cv.json``) without training again: ``labels.json`` and ``metrics.json`` follow."""
+    decisions = serving_decisions(json.loads((cv_dir / "cv.json").read_text()))
+    contract = json.loads((out / LABELS_FILE).read_text())
+    (out / LABELS_FILE).write_text(json.dumps({**contract, **decisions}, indent=2) + "\n")
+    metrics = json.loads((out / "metrics.json").read_text())
+    metrics["serving"] = decisions
+    metrics["serving_command"] = f"python -m training.train --serving-only --cv {cv_dir} --out {out}"
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return decisions
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.serving_only:
+        if args.cv is None:
+            raise SystemExit("--serving-only needs --cv DIR (the model's finished cross-validation)")
+        print(json.dumps(refresh_serving(args.out, args.cv), indent=2))
+        from training.report import write_model_card
+        write_model_card(args.out)
+        return 0
     started = time.time()
     settings, recipe, config = start_run(args, "training.train", argv)
     command = config["command"]

@@ -215,7 +215,7 @@ class InferenceService:
         try:
             tiles = pending.number % max(self.settings.tile_every, 1) == 0
             result = self._run(lambda: pipeline.process_image(decode_pixels(pending.image),
-                                                              t0=time.perf_counter(), tiles=tiles))
+                                                              t0=time.perf_counter(), tiles=tiles, live=True))
             now = self.clock()
             observed = session.observe(result, now)
             if observed is None:  # the camera left while its frame was processed

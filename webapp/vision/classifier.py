@@ -5,6 +5,11 @@
 predictions (``training.crossval``): the temperature that makes ``score`` a calibrated
 probability, whether a face is also read mirrored, per-class decision offsets, and the
 probability below which a face is "unsure". A retrained model needs no code change.
+
+Live video may use its own decisions (``live`` in the contract): a single crop instead of the
+mirrored pair halves the classifier's cost per frame, and the tracker's vote over a person's
+frames does what the mirror does for a still image; the single crop then has its own
+temperature and offsets, chosen on the same out-of-fold predictions.
 """
 
 from __future__ import annotations
@@ -26,6 +31,24 @@ LABELS_FILE = "labels.json"
 
 class ModelFilesError(RuntimeError):
     """The model folder is missing a file or holds one that cannot be loaded."""
+
+
+@dataclass(frozen=True)
+class Decisions:
+    """How probabilities are read for one kind of input (still images, or live video)."""
+
+    temperature: float = 1.0
+    flip_average: bool = False
+    offsets: tuple[float, ...] = ()
+
+    @classmethod
+    def from_contract(cls, section: dict[str, Any], n_labels: int, where: Path) -> "Decisions":
+        # Models trained before calibration have none of these keys: plain argmax.
+        decisions = cls(float(section.get("temperature", 1.0)), bool(section.get("flip_average", False)),
+                        tuple(float(v) for v in section.get("decision_offsets", [0.0] * n_labels)))
+        if decisions.temperature <= 0 or len(decisions.offsets) != n_labels:
+            raise ModelFilesError(f"{where}: bad temperature or decision_offsets")
+        return decisions
 
 
 @dataclass(frozen=True)
@@ -68,13 +91,11 @@ class MaskClassifier:
         self.labels: tuple[str, ...] = tuple(self.contract["labels"])
         self.input_size: int = int(self.contract["input_size"])
         self.margin: float = float(self.contract["crop_margin"])
-        # Models trained before calibration have none of these keys: plain argmax, never unsure.
-        self.temperature = float(self.contract.get("temperature", 1.0))
-        self.flip_average = bool(self.contract.get("flip_average", False))
-        self.offsets = np.asarray(self.contract.get("decision_offsets", [0.0] * len(self.labels)), np.float64)
-        self.unsure_below = float(self.contract.get("unsure_below", 0.0))
-        if self.temperature <= 0 or self.offsets.shape != (len(self.labels),):
-            raise ModelFilesError(f"{self.model_dir / LABELS_FILE}: bad temperature or decision_offsets")
+        where = self.model_dir / LABELS_FILE
+        self.still = Decisions.from_contract(self.contract, len(self.labels), where)
+        self.live = Decisions.from_contract(self.contract["live"], len(self.labels), where) \
+            if "live" in self.contract else self.still
+        self.unsure_below = float(self.contract.get("unsure_below", 0.0))  # older models: never unsure
         self.model_path = self.model_dir / MODEL_FILE
         if not self.model_path.is_file():
             raise ModelFilesError(f"missing {self.model_path}")
@@ -107,23 +128,27 @@ class MaskClassifier:
                 out[i] = self._interpreter.get_tensor(self._output["index"])[0]
         return out
 
-    def predict_proba(self, crops: np.ndarray) -> np.ndarray:
+    def decisions(self, live: bool) -> Decisions:
+        return self.live if live else self.still
+
+    def predict_proba(self, crops: np.ndarray, live: bool = False) -> np.ndarray:
         """Calibrated class probabilities, shape (N, len(labels)): the mirrored crop averaged in
         where the contract says so, then softmax(log p / temperature)."""
+        d = self.decisions(live)
         probs = self.raw_proba(crops)
-        if self.flip_average:
+        if d.flip_average:
             probs = (probs + self.raw_proba(np.ascontiguousarray(crops[:, :, ::-1]))) / 2
-        if self.temperature == 1.0:
+        if d.temperature == 1.0:
             return probs
-        z = np.log(np.clip(probs, 1e-7, 1.0)) / self.temperature
+        z = np.log(np.clip(probs, 1e-7, 1.0)) / d.temperature
         e = np.exp(z - z.max(axis=1, keepdims=True))
         return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
-    def decide(self, probs: np.ndarray) -> np.ndarray:
+    def decide(self, probs: np.ndarray, live: bool = False) -> np.ndarray:
         """Label index per row: argmax of log-probabilities plus the contract's class offsets."""
-        return (np.log(np.clip(probs, 1e-7, 1.0)) + self.offsets).argmax(axis=1)
+        return (np.log(np.clip(probs, 1e-7, 1.0)) + np.asarray(self.decisions(live).offsets)).argmax(axis=1)
 
-    def classify(self, crops: np.ndarray) -> list[Prediction]:
-        probs = self.predict_proba(crops)
+    def classify(self, crops: np.ndarray, live: bool = False) -> list[Prediction]:
+        probs = self.predict_proba(crops, live)
         return [Prediction(self.labels[i], float(p[i]), tuple(float(v) for v in p), bool(p[i] < self.unsure_below))
-                for i, p in zip(self.decide(probs), probs)]
+                for i, p in zip(self.decide(probs, live), probs)]

@@ -184,14 +184,17 @@ class Pipeline:
         self.max_bytes = max_bytes
         self.min_face = min_face
 
-    def process(self, data: bytes, formats: Collection[str] = FRAME_FORMATS, tiles: bool = True) -> FrameResult:
+    def process(self, data: bytes, formats: Collection[str] = FRAME_FORMATS, tiles: bool = True,
+                live: bool = False) -> FrameResult:
         """Run the whole pipeline on encoded image bytes."""
         t0 = time.perf_counter()
         image = decode_image(data, self.max_bytes, MAX_SIDE, formats)
-        return self.process_image(image, t0=t0, tiles=tiles)
+        return self.process_image(image, t0=t0, tiles=tiles, live=live)
 
-    def process_image(self, image: np.ndarray, t0: float | None = None, tiles: bool = True) -> FrameResult:
-        """Run detection and classification on a decoded RGB image."""
+    def process_image(self, image: np.ndarray, t0: float | None = None, tiles: bool = True,
+                      live: bool = False) -> FrameResult:
+        """Run detection and classification on a decoded RGB image (``live``: a camera frame,
+        classified with the model's live-video decisions)."""
         t_start = time.perf_counter()
         t0 = t_start if t0 is None else t0
         detections = [d for d in self.detector.detect(image, tiles=tiles)
@@ -199,7 +202,7 @@ class Pipeline:
         t_detect = time.perf_counter()
         crops = crop_faces(image, [d.box for d in detections], self.classifier.input_size,
                            self.classifier.margin)
-        predictions = self.classifier.classify(crops)
+        predictions = self.classifier.classify(crops, live=live)
         t_end = time.perf_counter()
         faces = [Face(d.box, p.label, p.score, d.score, p.unsure) for d, p in zip(detections, predictions)]
         ms = {"decode": (t_start - t0) * 1000, "detect": (t_detect - t_start) * 1000,
