@@ -29,8 +29,10 @@ class ScriptedPipeline:
 
     def __init__(self) -> None:
         self.script: deque[list[Face]] = deque()
+        self.live: list[bool] = []  # how each frame was asked for
 
-    def process_image(self, image, t0=None, tiles=True) -> FrameResult:
+    def process_image(self, image, t0=None, tiles=True, live=False) -> FrameResult:
+        self.live.append(live)
         faces = self.script.popleft() if self.script else []
         return FrameResult(image.shape[1], image.shape[0], faces, {"decode": 0.0, "detect": 0.0,
                                                                    "classify": 0.0, "total": 1.0})
@@ -144,6 +146,7 @@ def test_people_are_counted_once_on_synthetic_time(app, socketio, scripted, cloc
     stats = app.test_client().get("/api/stats").json
     assert stats["people"] == {"with_mask": 1, "mask_incorrect": 0, "without_mask": 1}
     assert stats["compliance"] == 0.5
+    assert scripted.live == [True] * 7  # camera frames use the model's live-video decisions
 
 
 def test_alerts_reach_the_camera_and_later_dashboards(app, socketio, scripted, clock):
