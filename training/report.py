@@ -164,8 +164,8 @@ def _unsure_sentence(unsure: dict | None) -> str:
 
 
 def _cv_lines(m: dict) -> list[str]:
-    """Candidates (mean ± std over folds, argmax of the served variant) and the shipped recipe's
-    intervals, per-size table and calibration."""
+    """Candidates (mean ± std over folds, the served variant and decision rule) and the shipped
+    recipe's intervals, per-size table and calibration."""
     keys = list(KEY_NAMES)
     variant, rule = _variant_name(m), _rule_name(m)
     folds = len(m["cv"]["fold_seconds"])
@@ -175,7 +175,9 @@ def _cv_lines(m: dict) -> list[str]:
          "fold with its exported TFLite file, so each development face has one out-of-fold "
          "prediction. The recipe, epoch count, temperature and decision rule were chosen on these; "
          f"the validation split below was not used for any choice. Mean ± std over the {folds} folds "
-         f"(argmax decisions, {'mirrored crop averaged in' if variant == 'flip_tta' else 'single crop'}):", "",
+         f"({'class offsets chosen on the other four folds' if rule == 'offsets' else 'argmax decisions'}, "
+         f"{'mirrored crop averaged in' if variant == 'flip_tta' else 'single crop'}: as still images are "
+         "served):", "",
          "| candidate | " + " | ".join(KEY_NAMES[k] for k in keys) + " |",
          "|---|" + "---|" * len(keys),
          "| target | " + " | ".join(f"≥ {TARGETS[k]:.2f}" if k in TARGETS else "–" for k in keys) + " |"]
