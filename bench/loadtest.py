@@ -37,16 +37,11 @@ import urllib3
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.frames import compose_frames  # noqa: E402
+from bench.ports import free_port  # noqa: E402
 from webapp.config import Settings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
-
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_mb(pid: int) -> float:

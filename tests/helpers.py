@@ -13,6 +13,8 @@ import cv2
 import numpy as np
 import socketio
 
+from bench.ports import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 PNG = cv2.imencode(".png", np.zeros((48, 64, 3), np.uint8))[1].tobytes()
@@ -64,12 +66,6 @@ def poll(fetch, done, timeout: float = 10.0, every: float = 0.05):
 
 
 # -- a real server ---------------------------------------------------------------------------
-
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LiveServer:

@@ -14,9 +14,8 @@ from contextlib import ExitStack
 
 import pytest
 import requests
-import socketio
 
-from tests.helpers import PNG, LiveServer, poll
+from tests.helpers import PNG, Camera, LiveServer, answer, poll
 
 TOKEN = "connections-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -47,15 +46,11 @@ def healthz_seconds(server) -> float:
 
 
 def camera_gets_boxes(server) -> bool:
-    client = socketio.Client(reconnection=False)
-    got = []
-    client.on("detections", got.append)
-    client.connect(server.url, headers=AUTH, transports=["websocket"], wait_timeout=10)
+    cam = Camera(server.url, headers=AUTH)
     try:
-        client.emit("frame", {"seq": 1, "image": PNG})
-        return poll(lambda: len(got), bool, timeout=10) == 1
+        return answer(cam, {"seq": 1, "image": PNG}, timeout=10)[0] == "detections"
     finally:
-        client.disconnect()
+        cam.close()
 
 
 def closed_by_server(sock: socket.socket, timeout: float) -> bytes:

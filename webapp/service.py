@@ -113,8 +113,9 @@ class InferenceService:
         self.history = history
         self.clock: Clock = clock or time.time
         self.slots = FrameSlots()
-        self.shared = RedisStats(settings.redis_url, server_name(settings)) if settings.redis_url else None
-        self.stats = LiveStats(server_name(settings), self._people_today(history), self.shared)
+        name = server_name(settings)
+        self.shared = RedisStats(settings.redis_url, name) if settings.redis_url else None
+        self.stats = LiveStats(name, self._people_today(history), self.shared)
         self.started = self.clock()
         self._recent_alerts: deque[dict] = deque(maxlen=RECENT_ALERTS)
         # Events for dashboards on every server go through Redis from one thread of their own,

@@ -39,12 +39,17 @@ MAX_HEAD_BYTES = 64 * 1024
 HEAD_END = b"\r\n\r\n"
 
 
+def client_address(client) -> str:
+    """The peer's address, the unit of ``max_client_connections`` (a Unix socket has no tuple)."""
+    return client[0] if isinstance(client, tuple) else str(client)
+
+
 class GuardedConn(TConn):
     """A connection that knows its client address, its unfinished head and when it must finish."""
 
     def __init__(self, cfg, sock, client, server, on_close) -> None:
         super().__init__(cfg, sock, client, server)
-        self.address = client[0] if isinstance(client, tuple) else str(client)
+        self.address = client_address(client)
         self.head = bytearray()
         self.deadline: float | None = None
         self._on_close = on_close
@@ -79,18 +84,17 @@ class GuardedThreadWorker(ThreadWorker):
             if e.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
                 raise
             return
-        conn = GuardedConn(self.cfg, sock, client, server, self._forget)
+        address = client_address(client)
         with self._address_lock:
-            over = self.max_client_connections and self._per_address[conn.address] >= self.max_client_connections
+            over = self.max_client_connections and self._per_address[address] >= self.max_client_connections
             if not over:
-                self._per_address[conn.address] += 1
+                self._per_address[address] += 1
         if over:
-            conn._closed = True  # never counted
-            self._refuse(sock, f"too many connections from {conn.address} "
+            self._refuse(sock, f"too many connections from {address} "
                                f"(at most {self.max_client_connections}); close some and retry")
             return
         self.nr_conns += 1
-        self._wait_for_head(conn)
+        self._wait_for_head(GuardedConn(self.cfg, sock, client, server, self._forget))
 
     @staticmethod
     def _refuse(sock: socket.socket, message: str) -> None:
