@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import os
 import sys
 import time
@@ -24,12 +25,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.frames import compose_frames  # noqa: E402
 from webapp.config import Settings  # noqa: E402
+from webapp.session import CameraSession  # noqa: E402
+from webapp.stats import CameraStats  # noqa: E402
+from webapp.tracker import FaceTracker  # noqa: E402
 from webapp.vision.crop import crop_faces  # noqa: E402
 from webapp.vision.detector import DETECTORS  # noqa: E402
 from webapp.vision.haar import HaarDetector  # noqa: E402
 from webapp.vision.pipeline import build_pipeline, decode_image  # noqa: E402
 
 STAGES = ("decode", "detect", "classify", "total")
+CAMERA_FPS = 25
 
 
 def seed_style(keras):
@@ -83,16 +88,20 @@ def main(argv: list[str] | None = None) -> int:
     # The server runs one pipeline per core, each detector on one thread; a still image
     # (maskwatch detect) gets one pipeline with every core.
     workers = settings.workers or os.cpu_count() or 1
-    every = max(settings.tile_every, 1)
+    every = settings.thorough_every_s
     configs = {}
     for name in args.detectors:
         det = dataclasses.replace(settings, detector=name)
         served_pipeline = build_pipeline(det, sharing=workers)
         pipeline = build_pipeline(det)
 
-        def scheduled(served_pipeline=served_pipeline, counter=iter(range(1 << 62))):
-            return lambda d: served_pipeline.process(d, tiles=next(counter) % every == 0, live=True).ms
-        configs[f"{name}: live as served (thorough pass every {every}. frame, 1 of {workers} workers)"] = scheduled()
+        def scheduled(served_pipeline=served_pipeline, frames=itertools.count()):
+            # A camera sending CAMERA_FPS frames a second, scheduled by the server's own rule.
+            session = CameraSession("bench", "bench", FaceTracker(), CameraStats("bench", "bench", 0.0))
+            return lambda d: served_pipeline.process(
+                d, tiles=session.thorough_due(next(frames) / CAMERA_FPS, every), live=True).ms
+        configs[f"{name}: live as served (thorough pass every {every:g} s at {CAMERA_FPS} frames/s, "
+                f"1 of {workers} workers)"] = scheduled()
         configs[f"{name}: cheap pass only (1 thread)"] = (
             lambda d, served_pipeline=served_pipeline: served_pipeline.process(d, tiles=False, live=True).ms)
         configs[f"{name}: still images (thorough pass, every core)"] = (

@@ -30,7 +30,7 @@ def test_settings_env_then_overrides(tmp_path):
 
 
 @pytest.mark.parametrize("env", [{"MASKWATCH_ALERTS": "loud"}, {"MASKWATCH_ASYNC_MODE": "asyncio"},
-                                 {"MASKWATCH_PORT": "70000"}, {"MASKWATCH_TILE_EVERY": "0"}])
+                                 {"MASKWATCH_PORT": "70000"}, {"MASKWATCH_THOROUGH_EVERY_S": "-1"}])
 def test_settings_reject_values_out_of_range(env):
     with pytest.raises(ValueError, match="setting"):
         Settings.load(environ=env)

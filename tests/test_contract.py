@@ -30,9 +30,11 @@ class ScriptedPipeline:
     def __init__(self) -> None:
         self.script: deque[list[Face]] = deque()
         self.live: list[bool] = []  # how each frame was asked for
+        self.tiles: list[bool] = []
 
     def process_image(self, image, t0=None, tiles=True, live=False) -> FrameResult:
         self.live.append(live)
+        self.tiles.append(tiles)
         faces = self.script.popleft() if self.script else []
         return FrameResult(image.shape[1], image.shape[0], faces, {"decode": 0.0, "detect": 0.0,
                                                                    "classify": 0.0, "total": 1.0})
@@ -147,6 +149,20 @@ def test_people_are_counted_once_on_synthetic_time(app, socketio, scripted, cloc
     assert stats["people"] == {"with_mask": 1, "mask_incorrect": 0, "without_mask": 1}
     assert stats["compliance"] == 0.5
     assert scripted.live == [True] * 7  # camera frames use the model's live-video decisions
+
+
+def test_the_thorough_pass_is_scheduled_in_camera_time(app, socketio, scripted, clock):
+    """Every 0.3 s per camera (the default), whatever the frame rate; the first frame gets it."""
+    fast, slow = camera(app, socketio, "fast"), camera(app, socketio, "slow")
+    expected = []
+    for i in range(16):  # 25 frames/s from one camera, 5 frames/s from the other
+        send(fast, i)
+        expected.append(i in (0, 8))  # 0.32 s after its first frame
+        if i % 5 == 0:
+            send(slow, i)
+            expected.append(i in (0, 10))  # 0.2 s after its first frame is too soon, 0.4 s is due
+        clock.now += 0.04
+    assert scripted.tiles == expected
 
 
 def test_alerts_reach_the_camera_and_later_dashboards(app, socketio, scripted, clock):

@@ -111,7 +111,7 @@ def test_dashboard_counts_follow_frames_from_two_cameras(live_server, frame_byte
 
 def test_frame_slots_keep_only_the_newest_frame():
     slots = FrameSlots()
-    p = lambda seq: Pending(seq, b"", None, seq)  # noqa: E731
+    p = lambda seq: Pending(seq, b"", None)  # noqa: E731
     assert slots.put("a", p(1)) is None
     assert slots.put("a", p(2)).seq == 1  # replaced, reported as dropped
     slots.put("b", p(10))

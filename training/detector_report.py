@@ -157,7 +157,7 @@ def detector_card_lines(out: Path) -> list[str]:
          "## What it does",
          f"Finds faces, masked or not, in a whole frame: `{DETECTOR_FILE}` (fp32, any input size) run by "
          "LiteRT in `webapp/vision/trained_detector.py` (`--detector trained`). " + contract["architecture"] + ".",
-         f"- Input: {contract['input']}. The thorough pass (still images, and every few frames of live video) "
+         f"- Input: {contract['input']}. The thorough pass (still images, and a live camera's frame every 0.3 s by default) "
          f"runs the frame at {contract['still_side']} px and a coarse copy at {contract['coarse_side']} px: faces "
          f"at least {contract['coarse_min_face']} px long on the coarse copy come from it, smaller ones from the "
          "full-resolution copy (close-ups larger than the model's receptive field otherwise also gave half-face "

@@ -56,10 +56,12 @@ class Settings:
     # Largest camera frame in pixels, refused from its header before decoding (a few-KB JPEG can
     # claim 4096x4096 and cost a worker most of a second); cameras send 1280x720 at most.
     max_frame_pixels: int = 1920 * 1080
-    # Run the detector's thorough pass (trained: full resolution + close-up pass; blazeface: far-face
-    # tiles) on every n-th frame of a camera, its cheap pass on the others; still images always
-    # get the thorough pass.
-    tile_every: int = 3
+    # Live video: a camera's frame gets the detector's thorough pass (trained: full resolution +
+    # close-up pass; blazeface: far-face tiles) once this many seconds have passed since its last
+    # one, the cheap pass otherwise (0: every frame); still images always get it. Set in time,
+    # not frames: a far face should be found within a fraction of a second however fast the
+    # camera sends, the tracker's gaps are in seconds too, and a dropped frame cannot skip a pass.
+    thorough_every_s: float = 0.3
     # Inference worker threads, each with its own interpreters (0 = one per CPU core).
     workers: int = 0
     # Server.
@@ -109,7 +111,9 @@ class Settings:
         if self.header_timeout <= 0 or self.max_client_connections < 0 or self.threads < RESERVED_THREADS + 1:
             raise ValueError(f"settings header_timeout must be > 0, max_client_connections >= 0 and threads "
                              f"> {RESERVED_THREADS}")
-        for name in ("tile_every", "track_min_frames", "retention_days", "max_frame_bytes", "max_image_bytes",
+        if self.thorough_every_s < 0:
+            raise ValueError(f"setting thorough_every_s must be >= 0, got {self.thorough_every_s}")
+        for name in ("track_min_frames", "retention_days", "max_frame_bytes", "max_image_bytes",
                      "max_frame_pixels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"setting {name} must be at least 1, got {getattr(self, name)}")

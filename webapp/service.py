@@ -205,16 +205,15 @@ class InferenceService:
                                                      self.settings.max_frame_pixels)
         except FrameError as exc:
             return error_payload(seq, exc.code, exc.message)
-        number, session.received = session.received, session.received + 1
         session.stats.page_hidden = hidden
-        if self.slots.put(session, Pending(seq, image, camera, number)) is not None:
+        if self.slots.put(session, Pending(seq, image, camera)) is not None:
             session.stats.dropped += 1
         return None
 
     def process(self, pipeline: Pipeline, session: CameraSession, pending: Pending) -> None:
         """Run one frame through the pipeline and tell everyone what it changed."""
         try:
-            tiles = pending.number % max(self.settings.tile_every, 1) == 0
+            tiles = session.thorough_due(self.clock(), self.settings.thorough_every_s)
             result = self._run(lambda: pipeline.process_image(decode_pixels(pending.image),
                                                               t0=time.perf_counter(), tiles=tiles, live=True))
             now = self.clock()

@@ -7,6 +7,7 @@ Its waiting frame sits in ``FrameSlots`` under the session itself (latest frame 
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass, field, replace
 
@@ -33,7 +34,7 @@ class CameraSession:
     name: str
     tracker: FaceTracker
     stats: CameraStats
-    received: int = 0  # frames received; every ``tile_every``-th gets the thorough detector pass
+    last_thorough: float = -math.inf  # when a frame last got the detector's thorough pass
     closed: bool = False
     alerted: set[int] = field(default_factory=set)  # track ids already alerted
     # The worker tracking a frame and the socket thread closing the session take turns.
@@ -58,6 +59,13 @@ class CameraSession:
                                                    [f.score for f in faces], now, [f.unsure for f in faces])
         tracked = replace(result, faces=[replace(f, track=i) for f, i in zip(faces, ids)])
         return Observation(tracked, left, [self.tracker.person(t) for t in confirmed])
+
+    def thorough_due(self, now: float, every_s: float) -> bool:
+        """Whether the frame processed now gets the detector's thorough pass (noted if it does)."""
+        if now - self.last_thorough < every_s:
+            return False
+        self.last_thorough = now
+        return True
 
     def display_name(self, pending: Pending) -> str:
         return pending.camera or self.name

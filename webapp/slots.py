@@ -18,7 +18,6 @@ class Pending:
     seq: int
     image: bytes
     camera: str | None
-    number: int  # per-connection frame counter (schedules the detector's tile pass)
 
 
 class FrameSlots:

@@ -20,12 +20,12 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from webapp.vision.boxes import Detection, clip_detection, weighted_nms
 from webapp.vision.detector import DetectorUnavailable
 from webapp.vision.litert import load_interpreter
+from webapp.vision.scaling import scale_to
 
 DETECTOR_FILE = "face_detector.tflite"
 DETECTOR_CONTRACT = "face_detector.json"
@@ -97,8 +97,7 @@ class TrainedDetector:
         scale = side / max(h, w)
         nh, nw, ch, cw = self.input_shape(h, w, side)
         canvas = np.full((1, ch, cw, 3), -1.0, np.float32)  # black padding, as in training
-        resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-        canvas[0, :nh, :nw] = resized.astype(np.float32) / 127.5 - 1.0
+        canvas[0, :nh, :nw] = scale_to(image, nw, nh).astype(np.float32) / 127.5 - 1.0
         with self._lock:
             interp, input_index, score_index, box_index = self._interpreter_for(ch, cw)
             interp.set_tensor(input_index, canvas)
