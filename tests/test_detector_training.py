@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from training.detector_data import CropSampler, Scene, grid_targets
+from training.detector_report import STILL_SIDES, best_side, operating_point
 from webapp.vision.trained_detector import DETECTOR_CONTRACT, DETECTOR_FILE, TrainedDetector
 
 
@@ -83,10 +84,37 @@ def test_tiny_detector_training_run_exports_resumes_and_serves(data_dir, tmp_pat
     assert metrics["run"]["steps"] == 4 and metrics["tuning"]["curve"]
     detector = TrainedDetector(out)
     assert detector.threshold == metrics["tuning"]["threshold"]
+    assert detector.still_side == metrics["tuning"]["still_side"]
+    assert [p["still_side"] for p in metrics["tuning"]["sides"]] == list(STILL_SIDES)
     for tiles in (True, False):
         found = detector.detect(np.zeros((240, 320, 3), np.uint8), tiles=tiles)
         assert all(0 <= d.score <= 1 for d in found)
     assert "python -m training.train_detector" in (out / "MODEL_CARD.md").read_text()
+
+
+def row(threshold: float, precision: float, recall: float) -> dict[str, float]:
+    return {"threshold": threshold, "precision": precision, "recall": recall, "detections": 10}
+
+
+@pytest.mark.parametrize("curves, closeups, side, threshold", [
+    # the lowest threshold reaching the precision target, then the side with the best recall there
+    ({512: [row(0.4, 0.90, 0.88), row(0.5, 0.95, 0.83)], 640: [row(0.4, 0.91, 0.90), row(0.5, 0.94, 0.86)]},
+     {512: 1.0, 640: 1.0}, 640, 0.5),
+    # ... unless it boxes close-ups more than once too often
+    ({512: [row(0.5, 0.95, 0.83)], 640: [row(0.5, 0.94, 0.86)]}, {512: 1.03, 640: 1.06}, 512, 0.5),
+    # equal recall: the smaller (cheaper) side
+    ({512: [row(0.5, 0.95, 0.86)], 640: [row(0.5, 0.97, 0.86)]}, {512: 1.0, 640: 1.0}, 512, 0.5),
+    # a side that never reaches the precision target loses to one that does, whatever its recall
+    ({512: [row(0.5, 0.94, 0.80)], 768: [row(0.5, 0.90, 0.95), row(0.6, 0.92, 0.90)]}, {512: 1.0, 768: 1.0},
+     512, 0.5),
+    # no side reaches it: the most precise point
+    ({512: [row(0.5, 0.80, 0.9), row(0.7, 0.85, 0.7)], 640: [row(0.5, 0.70, 0.95)]}, {512: 1.0, 640: 1.0},
+     512, 0.7),
+])
+def test_operating_point_is_chosen_by_the_rule(curves, closeups, side, threshold):
+    points = [{"still_side": s, **operating_point(c), "closeup_detections": closeups[s]} for s, c in curves.items()]
+    chosen = best_side(points)
+    assert (chosen["still_side"], chosen["threshold"]) == (side, threshold)
 
 
 def test_threshold_matching_counts_a_second_box_on_one_face_as_false():

@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--crop", type=int, default=320, help="training crop side in pixels")
     p.add_argument("--serve-side", type=int, default=512,
-                   help="long side of the detector input for still images; crops are scaled around it")
+                   help="training crops are scaled around this long side; the first thorough-pass side tried")
     p.add_argument("--live-side", type=int, default=320,
                    help="long side of the detector input for the cheap pass of live video (written to the contract)")
     p.add_argument("--lr", type=float, default=3e-4)
@@ -155,11 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     train_seconds = seconds_before + time.time() - t0
 
     # --- Export, operating threshold on the tune images, report -------------------------------
-    from training.detector_report import choose_threshold, export_detector, write_detector_card
+    from training.detector_report import choose_operating_point, export_detector, write_detector_card
 
     args.out.mkdir(parents=True, exist_ok=True)
     export_detector(model, args.out, still_side=args.serve_side, live_side=args.live_side)
-    tuning = choose_threshold(args.out, tune)
+    tuning = choose_operating_point(args.out, tune, closeups)
     run = {
         "commands": _commands(args.work, argv),
         "seed": args.seed, "steps": args.steps, "batch_size": args.batch_size, "crop": args.crop,
@@ -172,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         "tensorflow": tf.__version__, "keras": keras.__version__,
     }
     write_detector_card(args.out, run, tuning, log_path)
-    log.info("wrote %s (threshold %.2f: tune precision %.3f, recall %.3f) in %.0f s",
-             args.out, tuning["threshold"], tuning["precision"], tuning["recall"], time.time() - started)
+    log.info("wrote %s (side %d, threshold %.2f: tune precision %.3f, recall %.3f) in %.0f s", args.out,
+             tuning["still_side"], tuning["threshold"], tuning["precision"], tuning["recall"], time.time() - started)
     return 0
 
 

@@ -33,11 +33,15 @@ MAX_SHAPES = 6  # interpreters kept (frame sizes x passes); a camera sends one f
 
 
 class TrainedDetector:
-    """Grid face detector on whole frames; ``tiles=False`` runs only the cheap live pass."""
+    """Grid face detector on whole frames; ``tiles=False`` runs only the cheap live pass.
+
+    ``threshold`` and ``still_side`` override the contract's (the training code tries several).
+    """
 
     name = "trained"
 
-    def __init__(self, model_dir: Path, threads: int = 1, threshold: float | None = None) -> None:
+    def __init__(self, model_dir: Path, threads: int = 1, threshold: float | None = None,
+                 still_side: int | None = None) -> None:
         contract_path = Path(model_dir) / DETECTOR_CONTRACT
         model_path = Path(model_dir) / DETECTOR_FILE
         if not contract_path.is_file() or not model_path.is_file():
@@ -49,7 +53,7 @@ class TrainedDetector:
         self.divisor = int(self.contract["divisor"])
         self.threshold = float(self.contract["threshold"] if threshold is None else threshold)
         self.nms_iou = float(self.contract["nms_iou"])
-        self.still_side = int(self.contract["still_side"])
+        self.still_side = int(self.contract["still_side"] if still_side is None else still_side)
         self.live_side = int(self.contract["live_side"])
         self.coarse_side = int(self.contract["coarse_side"])
         self.coarse_min_face = float(self.contract["coarse_min_face"])
@@ -79,7 +83,7 @@ class TrainedDetector:
         the model's receptive field would otherwise also give half-face boxes at full resolution).
         """
         if not tiles:
-            return self.detect_at(image, self.live_side, threshold)
+            return self.detect_at(image, self.live_side, threshold, fast=True)
         split = self.coarse_min_face * max(image.shape[:2]) / self.coarse_side  # long side, image px
         return (self.detect_at(image, self.still_side, threshold, longest=(0.0, split))
                 + self.detect_at(image, self.coarse_side, threshold, longest=(split, math.inf)))
@@ -89,15 +93,16 @@ class TrainedDetector:
         return [clip_detection(d, width, height) for d in weighted_nms(found, self.nms_iou)]
 
     def detect_at(self, image: np.ndarray, side: int, threshold: float | None = None,
-                  longest: tuple[float, float] = (0.0, math.inf)) -> list[Detection]:
+                  longest: tuple[float, float] = (0.0, math.inf), fast: bool = False) -> list[Detection]:
         """Raw detections (before NMS) with the frame's long side scaled to ``side`` pixels, keeping
-        boxes whose longer side (in image pixels) lies in ``longest``."""
+        boxes whose longer side (in image pixels) lies in ``longest``; ``fast`` scales the frame the
+        cheap way (``webapp/vision/scaling.py``)."""
         threshold = self.threshold if threshold is None else threshold
         h, w = image.shape[:2]
         scale = side / max(h, w)
         nh, nw, ch, cw = self.input_shape(h, w, side)
         canvas = np.full((1, ch, cw, 3), -1.0, np.float32)  # black padding, as in training
-        canvas[0, :nh, :nw] = scale_to(image, nw, nh).astype(np.float32) / 127.5 - 1.0
+        canvas[0, :nh, :nw] = scale_to(image, nw, nh, fast).astype(np.float32) / 127.5 - 1.0
         with self._lock:
             interp, input_index, score_index, box_index = self._interpreter_for(ch, cw)
             interp.set_tensor(input_index, canvas)
