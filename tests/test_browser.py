@@ -175,6 +175,27 @@ def test_camera_page_on_a_phone_keeps_labels_readable(browser, live_server, data
         chromium.close()
 
 
+def test_camera_page_holds_a_face_missing_from_an_answer_briefly(browser, live_server):
+    """A far face is only in the answers of the detector's thorough pass (every 0.3 s): its box
+    stays, dashed, until a newer answer has it or 450 ms pass; a face in the answer is drawn fresh."""
+    chromium = browser.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+    try:
+        page = chromium.new_page()
+        page.goto(live_server.url + "/")
+        shown = page.evaluate("""() => {
+            const far = { box: [10, 10, 20, 20], label: "without_mask", score: 0.9, unsure: false, track: 1 };
+            const near = { box: [100, 100, 200, 200], label: "with_mask", score: 0.9, unsure: false, track: 2 };
+            const draw = (faces, now) => window.maskwatch.facesToDraw({ width: 640, height: 480, faces }, now)
+                .map((f) => [f.face.track, f.held]);
+            return [draw([far, near], 1000), draw([near], 1040), draw([near], 1400), draw([near], 1460),
+                    draw([far, near], 1500)];
+        }""")
+        assert shown == [[[1, False], [2, False]], [[2, False], [1, True]], [[2, False], [1, True]],
+                         [[2, False]], [[1, False], [2, False]]]
+    finally:
+        chromium.close()
+
+
 def test_dashboard_shows_earlier_alerts_and_a_clean_chart(browser, data_dir, tmp_path):
     """A dashboard opened after an alert still lists it; with no camera the chart shows the last
     ten minutes in order rather than an empty, meaningless axis."""

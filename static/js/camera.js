@@ -12,6 +12,10 @@
   const SEND_WIDTH = 640;
   const JPEG_QUALITY = 0.7;
   const ANSWER_TIMEOUT_MS = 5000;
+  // A face missing from an answer keeps its last box, dashed, this long: the server looks for
+  // small, far faces only on a camera's frame every 0.3 s (the detector's thorough pass) and
+  // runs the cheap pass on the frames between, so far faces would otherwise blink.
+  const HOLD_MS = 450;
 
   const $ = (id) => document.getElementById(id);
   const video = $("video");
@@ -23,8 +27,11 @@
   // State the page exposes for automated tests (and curious users in the console).
   const state = (window.maskwatch = {
     streaming: false, connected: false, framesSent: 0, framesAnswered: 0, errors: 0,
-    lastDetections: null, boxesDrawn: 0, lastError: null, rtts: [], capture: null, cameraFrames: 0,
+    lastDetections: null, boxesDrawn: 0, boxesHeld: 0, lastError: null, rtts: [], capture: null,
+    cameraFrames: 0,
   });
+  // Not enumerable, so reading the state as JSON (as the tests do) leaves it out.
+  Object.defineProperty(state, "facesToDraw", { value: facesToDraw });
 
   let stream = null;
   let facing = "user";
@@ -63,7 +70,7 @@
   }
   setConnected(false);
   socket.on("connect", () => { setConnected(true); settle(null); pump(); });
-  socket.on("disconnect", () => { setConnected(false); settle(null); });
+  socket.on("disconnect", () => { setConnected(false); settle(null); held.clear(); });
   socket.on("connect_error", () => setConnected(false));
 
   socket.on("detections", (msg) => {
@@ -161,6 +168,18 @@
     return r;
   }
 
+  // The faces of this answer, then the tracks seen within HOLD_MS that it lacks ({face, held}).
+  const held = new Map(); // track id -> { face, at }
+  function facesToDraw(msg, now) {
+    const shown = msg.faces.map((face) => ({ face, held: false }));
+    for (const face of msg.faces) if (face.track) held.set(face.track, { face, at: now });
+    for (const [track, entry] of held) {
+      if (now - entry.at > HOLD_MS) held.delete(track);
+      else if (entry.at !== now) shown.push({ face: entry.face, held: true });
+    }
+    return shown;
+  }
+
   function draw(msg) {
     resizeOverlay();
     const r = video.getBoundingClientRect();
@@ -176,13 +195,15 @@
     const hud = document.querySelector(".hud").getBoundingClientRect();
     const taken = [{ x: hud.left - r.left, y: hud.top - r.top, w: hud.width, h: hud.height }];
     const labels = [];
-    for (const face of msg.faces) {
+    const shown = facesToDraw(msg, performance.now());
+    for (const { face, held: old } of shown) {
       const [x0, y0, x1, y1] = face.box;
       const box = { x: ox + x0 * scale, y: oy + y0 * scale, w: (x1 - x0) * scale, h: (y1 - y0) * scale };
       // An unsure face (calibrated score below the model's threshold) is grey and not counted.
       const colour = face.unsure ? UNSURE_COLOUR : COLOURS[face.label] || "#fff";
       ctx.lineWidth = small ? 2 : 3;
       ctx.strokeStyle = colour;
+      ctx.setLineDash(old ? [6, 4] : []);
       ctx.strokeRect(box.x, box.y, box.w, box.h);
       const text = face.unsure ? "unsure" : `${NAMES[face.label] || face.label} ${Math.round(face.score * 100)}%`;
       const label = placeLabel(box, ctx.measureText(text).width + 8, th, taken, r.width, r.height);
@@ -195,7 +216,8 @@
     }
     state.labels = labels;
     state.hud = taken[0];
-    state.boxesDrawn = msg.faces.length;
+    state.boxesDrawn = shown.length;
+    state.boxesHeld = shown.length - msg.faces.length;
   }
 
   // Where frames come from. Where the browser has MediaStreamTrackProcessor (Chromium), frames
@@ -388,6 +410,7 @@
 
   function stop() {
     state.streaming = false;
+    held.clear();
     settle(null);
     socket.disconnect();
     stopStream();
