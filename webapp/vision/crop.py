@@ -57,7 +57,10 @@ def cut_face(image: np.ndarray, box: Box, size: int = DEFAULT_SIZE,
 
 def to_model_input(crops: np.ndarray) -> np.ndarray:
     """uint8 RGB crops (N, S, S, 3) -> float32 in [-1, 1], MobileNetV2's ImageNet scaling."""
-    return crops.astype(np.float32) * (1.0 / 127.5) - 1.0
+    x = crops.astype(np.float32)
+    x *= 1.0 / 127.5  # in place: no temporaries on the frame path
+    x -= 1.0
+    return x
 
 
 def crop_faces(image: np.ndarray, boxes: Sequence[Box], size: int = DEFAULT_SIZE,

@@ -144,10 +144,10 @@ def check_image_bytes(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES, max_side:
 
 def decode_pixels(data: bytes) -> np.ndarray:
     """Bytes already checked by ``check_image_bytes`` -> HxWx3 uint8 RGB."""
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if bgr is None:
+    rgb = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB)
+    if rgb is None:
         raise NotAnImage("the image data is corrupt and could not be decoded")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return rgb
 
 
 def decode_image(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES, max_side: int = MAX_SIDE,

@@ -102,7 +102,10 @@ class TrainedDetector:
         scale = side / max(h, w)
         nh, nw, ch, cw = self.input_shape(h, w, side)
         canvas = np.full((1, ch, cw, 3), -1.0, np.float32)  # black padding, as in training
-        canvas[0, :nh, :nw] = scale_to(image, nw, nh, fast).astype(np.float32) / 127.5 - 1.0
+        view = canvas[0, :nh, :nw]
+        view[...] = scale_to(image, nw, nh, fast)
+        view *= 1.0 / 127.5  # in place: no temporaries on the frame path
+        view -= 1.0
         with self._lock:
             interp, input_index, score_index, box_index = self._interpreter_for(ch, cw)
             interp.set_tensor(input_index, canvas)
@@ -122,7 +125,7 @@ class TrainedDetector:
         keep = (size >= longest[0]) & (size < longest[1])
         boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1)[keep] / scale
         scores = scores[keep]
-        return [Detection(tuple(float(v) for v in b), float(s)) for b, s in zip(boxes, scores)]
+        return [Detection(tuple(b), s) for b, s in zip(boxes.tolist(), scores.tolist())]
 
     def _interpreter_for(self, height: int, width: int) -> tuple:
         """(interpreter, input, score output, box output) for this input shape; keeps the last few."""
