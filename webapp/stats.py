@@ -92,13 +92,14 @@ class LiveStats:
         self.version = 0
 
     def add_person(self, label: str) -> None:
-        """One person (a finished track) seen today."""
-        with self._lock:
-            self._roll_day()
-            self._people[label] += 1
-            self.version += 1
+        """One person (a finished track) seen today: counted here, or in Redis with ``shared``."""
         if self.shared is not None:
             self.shared.add_person(label)
+        with self._lock:
+            if self.shared is None:
+                self._roll_day()
+                self._people[label] += 1
+            self.version += 1
 
     def touch(self) -> None:
         """Something a dashboard shows changed (a camera came, went or sent a frame)."""
@@ -119,11 +120,12 @@ class LiveStats:
         for cam in views:
             for label, n in cam["in_view"].items():
                 in_view[label] += n
-        with self._lock:
-            self._roll_day()
-            people = dict(self._people)
         if self.shared is not None:
             people = {**_zeros(), **self.shared.people_today()}
+        else:
+            with self._lock:
+                self._roll_day()
+                people = dict(self._people)
         total = sum(people.values())
         return {
             "in_view": in_view,
