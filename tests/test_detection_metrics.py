@@ -63,3 +63,21 @@ def test_detector_recall_by_class_and_size():
     assert r["recall"]["mask_incorrect"] is None
     assert r["recall_min32"]["without_mask"] == 1.0
     assert r["precision"] == 0.5
+
+
+def test_bootstrap_intervals_are_tight_when_every_image_agrees_and_wide_when_they_differ():
+    from training.evaluate import bootstrap_intervals, format_pipeline_table
+
+    hit = ([Truth(A, "with_mask")], [Predicted(A, "with_mask", 0.9)])
+    miss = ([Truth(A, "with_mask")], [Predicted(FAR, "with_mask", 0.9)])
+    perfect = bootstrap_intervals(*zip(*[hit] * 10), rounds=30)
+    assert perfect["map50"] == pytest.approx([1.0, 1.0]) and perfect["precision"] == pytest.approx([1.0, 1.0])
+    mixed = bootstrap_intervals(*zip(*([hit] * 5 + [miss] * 5)), rounds=50)
+    lo, hi = mixed["recall_min32_with_mask"]
+    assert lo < 0.5 < hi  # five of ten faces found: the interval straddles it
+    assert "mask_incorrect" not in " ".join(mixed)  # no such faces: no interval
+    row = {"detector": "x", "map50": 0.5, "map50_min32": 0.5, "ap50": {"mask_incorrect": None},
+           "recall_min32": {"with_mask": 0.5, "mask_incorrect": None, "without_mask": None},
+           "recall_by_size_all": {"16-31px": None, "<16px": None}, "precision": 0.5,
+           "ms_per_image_median": 1.0, "interval95": mixed}
+    assert f"0.500 [{lo:.2f}, {hi:.2f}]" in format_pipeline_table([row])

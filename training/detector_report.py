@@ -253,5 +253,6 @@ def _evaluation_lines(ev: dict[str, Any]) -> list[str]:
     return [f"## Validation: {ev['images']} images, served pipeline (detector + classifier)", "",
             f"`{ev['command']}`", "", format_pipeline_table(ev["rows"]),
             "", "Detector recall: a true face overlapped by a box at IoU ≥ 0.4; precision: boxes overlapping a "
-            "true face; AP ranks boxes by classifier score × detector score. ms: median per image, still-image "
+            "true face; AP ranks boxes by classifier score × detector score; [a, b]: 95 % interval over the "
+            "images resampled with replacement (`--bootstrap`, 200 rounds). ms: median per image, still-image "
             "mode (thorough pass, every core).", ""]

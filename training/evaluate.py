@@ -39,6 +39,7 @@ from webapp.vision.labels import LABELS
 from webapp.vision.pipeline import FILE_FORMATS, FrameError, Pipeline, build_pipeline, decode_image
 
 log = logging.getLogger("training.evaluate")
+BOOTSTRAP_ROUNDS = 200  # resamples of the images for the 95 % intervals (COCO AP each)
 
 
 def parse_label_map(text: str | None) -> dict[str, str]:
@@ -83,8 +84,9 @@ def _truths(sample: Sample) -> list[Truth]:
     return [Truth(f.box, f.label) for f in sample.faces]
 
 
-def end_to_end(samples: Sequence[Sample], pipeline: Pipeline) -> dict[str, Any]:
-    """Run the served pipeline on every image file and score its labelled boxes."""
+def end_to_end(samples: Sequence[Sample], pipeline: Pipeline, rounds: int = BOOTSTRAP_ROUNDS) -> dict[str, Any]:
+    """Run the served pipeline on every image file and score its labelled boxes (with bootstrap
+    95 % intervals over images: a few dozen mask_incorrect faces make every AP uncertain)."""
     truths, preds, ms = [], [], []
     for sample in tqdm(samples, desc="pipeline", unit="img"):
         try:
@@ -103,7 +105,30 @@ def end_to_end(samples: Sequence[Sample], pipeline: Pipeline) -> dict[str, Any]:
         "map50_min32": big_faces.pop("map50"), "ap50_min32": big_faces,
         **recall,
         "images": len(truths), "ms_per_image_median": float(np.median(ms)) if ms else None,
+        "interval95": bootstrap_intervals(truths, preds, rounds) if rounds else {},
     }
+
+
+def _headline(truths: Sequence[Sequence[Truth]], preds: Sequence[Sequence[Predicted]]) -> dict[str, float | None]:
+    """The numbers of the comparison table that get an interval."""
+    all_faces, big_faces = coco_ap50(truths, preds), coco_ap50(truths, preds, min_side=32)
+    recall = detector_recall(truths, [[p.box for p in ps] for ps in preds])
+    return {"map50": all_faces["map50"], "map50_min32": big_faces["map50"],
+            "ap50_mask_incorrect": all_faces["mask_incorrect"], "precision": recall["precision"],
+            **{f"recall_min32_{lab}": recall["recall_min32"][lab] for lab in LABELS}}
+
+
+def bootstrap_intervals(truths: Sequence[Sequence[Truth]], preds: Sequence[Sequence[Predicted]],
+                        rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0) -> dict[str, list[float] | None]:
+    """2.5 and 97.5 percentiles of the headline numbers over images resampled with replacement."""
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {}
+    for _ in tqdm(range(rounds), desc="bootstrap", unit="round", leave=False):
+        idx = rng.integers(0, len(truths), len(truths))
+        for key, value in _headline([truths[i] for i in idx], [preds[i] for i in idx]).items():
+            if value is not None:
+                draws.setdefault(key, []).append(value)
+    return {key: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for key, v in draws.items()}
 
 
 def compare_detectors(samples: Sequence[Sample], names: Sequence[str], model_dir: Path) -> list[dict[str, Any]]:
@@ -154,11 +179,15 @@ def format_pipeline_table(rows: Sequence[dict[str, Any]]) -> str:
              "without | recall 16-31 px | recall < 16 px | precision | ms / image |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        rec, size = r["recall_min32"], r["recall_by_size_all"]
-        lines.append(f"| {r['detector']} | {f(r['map50'])} | {f(r['map50_min32'])} | "
-                     f"{f(r['ap50']['mask_incorrect'])} | "
-                     + " / ".join(f(rec[k]) for k in LABELS)
-                     + f" | {f(size['16-31px'])} | {f(size['<16px'])} | {f(r['precision'])} | "
+        rec, size, ci = r["recall_min32"], r["recall_by_size_all"], r.get("interval95", {})
+
+        def g(value: float | None, key: str) -> str:
+            """The value with its bootstrap interval where the evaluation computed one."""
+            return f(value) + (f" [{ci[key][0]:.2f}, {ci[key][1]:.2f}]" if ci.get(key) else "")
+        lines.append(f"| {r['detector']} | {g(r['map50'], 'map50')} | {g(r['map50_min32'], 'map50_min32')} | "
+                     f"{g(r['ap50']['mask_incorrect'], 'ap50_mask_incorrect')} | "
+                     + " / ".join(g(rec[k], f"recall_min32_{k}") for k in LABELS)
+                     + f" | {f(size['16-31px'])} | {f(size['<16px'])} | {g(r['precision'], 'precision')} | "
                      f"{f(r['ms_per_image_median'], 1)} |")
     return "\n".join(lines)
 
@@ -173,6 +202,9 @@ def format_end_to_end(r: dict[str, Any]) -> str:
                      f"{f(r['recall'][lab]):>7s} {f(r['recall_min32'][lab]):>10s}")
     lines.append(f"  detector precision (IoU >= 0.4 with a true face): {f(r['precision'])}, "
                  f"{r['detections_per_image']:.2f} detections per image")
+    if r.get("interval95"):
+        lines.append("  95 % intervals, images resampled: " + ", ".join(
+            f"{key} [{lo:.3f}, {hi:.3f}]" for key, (lo, hi) in r["interval95"].items()))
     return "\n".join(lines)
 
 
@@ -192,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="detector for the end-to-end run (default: settings); several give one comparison table")
     p.add_argument("--compare-detectors", nargs="*", choices=DETECTORS, metavar="NAME",
                    help="detector-only table for these detectors (default: all)")
+    p.add_argument("--bootstrap", type=int, default=BOOTSTRAP_ROUNDS,
+                   help="resamples of the images for 95 %% intervals of the end-to-end numbers (0: none)")
     p.add_argument("--json", type=Path, help="write the results as JSON here")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -232,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             if name is not None and name != settings.detector:
                 settings = Settings.load({"model_dir": args.model, "detector": name})
                 pipeline = build_pipeline(settings)
-            row = {"detector": settings.detector, **end_to_end(samples, pipeline)}
+            row = {"detector": settings.detector, **end_to_end(samples, pipeline, args.bootstrap)}
             result["rows"].append(row)
             print(format_end_to_end(row))
         result.update(result["rows"][0])
