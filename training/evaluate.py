@@ -119,7 +119,7 @@ def _headline(truths: Sequence[Sequence[Truth]], preds: Sequence[Sequence[Predic
 
 
 def bootstrap_intervals(truths: Sequence[Sequence[Truth]], preds: Sequence[Sequence[Predicted]],
-                        rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0) -> dict[str, list[float] | None]:
+                        rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0) -> dict[str, list[float]]:
     """2.5 and 97.5 percentiles of the headline numbers over images resampled with replacement."""
     rng = np.random.default_rng(seed)
     draws: dict[str, list[float]] = {}
