@@ -113,3 +113,26 @@ def test_unsure_frames_do_not_vote_and_one_sure_frame_decides():
     assert confirmed_at == [6]  # a person (and a possible alert) only once a frame was sure
     people = tracker.flush()
     assert [(p.label, p.frames) for p in people] == [("with_mask", 10)]
+
+
+def test_a_clock_set_back_ends_the_tracks_in_view_once():
+    """The server's clock is the wall clock: set back an hour, the people in view are counted
+    then (not an hour later) and new faces start new tracks."""
+    tracker = FaceTracker()
+    for i in range(5):
+        _, ended, _ = tracker.update([(100, 100, 160, 160)], ["with_mask"], [0.9], now=1000 + i / FPS)
+        assert ended == []
+    _, ended, _ = tracker.update([(400, 100, 460, 160)], ["without_mask"], [0.9], now=1000 - 3600)
+    assert [p.label for p in ended] == ["with_mask"]
+    assert [t.label for t in tracker.tracks] == ["without_mask"]
+
+
+def test_a_face_in_view_while_the_clock_is_set_back_keeps_its_track():
+    tracker = FaceTracker()
+    x = [100 + 5 * i for i in range(10)]  # walking 50 px/s
+    ids = [tracker.update([(x[i], 100, x[i] + 60, 160)], ["with_mask"], [0.9], now=1000 + i / FPS)[0]
+           for i in range(5)]
+    ids += [tracker.update([(x[i], 100, x[i] + 60, 160)], ["with_mask"], [0.9], now=1000.2 + (i - 5) / FPS)[0]
+            for i in range(5, 10)]  # set back 0.3 s (under the track gap): the same person
+    assert len({i for (i,) in ids}) == 1
+    assert counts(tracker.flush()) == {"with_mask": 1}

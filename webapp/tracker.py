@@ -55,7 +55,7 @@ class Track:
             self.confident += 1
 
     def predict(self, now: float) -> np.ndarray:
-        return self.box + self.velocity * min(now - self.last_seen, 1.0)
+        return self.box + self.velocity * min(max(now - self.last_seen, 0.0), 1.0)
 
 
 @dataclass(frozen=True)
@@ -97,9 +97,10 @@ class FaceTracker:
         confirmed_now = []
         for ti, di in pairs:
             track = self.tracks[ti]
-            dt = max(now - track.last_seen, 1e-3)
+            dt = now - track.last_seen
             new_box = dets[di]
-            track.velocity = 0.5 * track.velocity + 0.5 * (new_box - track.box) / dt
+            if dt > 0:  # a clock set back says nothing about speed
+                track.velocity = 0.5 * track.velocity + 0.5 * (new_box - track.box) / max(dt, 1e-3)
             track.box, track.last_seen = new_box, now
             was_person = self._confirmed(track)
             track.hits += 1
@@ -117,8 +118,9 @@ class FaceTracker:
                 ids[di] = track.id
                 if self._confirmed(track):
                     confirmed_now.append(track)
-        ended = [t for t in self.tracks if now - t.last_seen > self.max_gap_s]
-        self.tracks = [t for t in self.tracks if now - t.last_seen <= self.max_gap_s]
+        # A gap beyond max_gap_s either way ends a track: the wall clock may also be set back.
+        ended = [t for t in self.tracks if abs(now - t.last_seen) > self.max_gap_s]
+        self.tracks = [t for t in self.tracks if abs(now - t.last_seen) <= self.max_gap_s]
         return ids, [self.person(t) for t in ended if self._confirmed(t)], confirmed_now
 
     def flush(self) -> list[Person]:
