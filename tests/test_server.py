@@ -83,10 +83,10 @@ def test_dashboard_counts_follow_frames_from_two_cameras(live_server, frame_byte
             t.join(60)
         assert all(kind == "detections" for kind, _ in results.values()) and len(results) == 10
         faces_north = len(results[("north door", 4)][1]["faces"])
-        def settled(last):
+        def settled(last):  # a snapshot taken after every frame was counted (an earlier one can arrive last)
             cams = {c["name"]: c for c in last["cameras"]}
             both = {"north door", "south door"} <= set(cams)
-            return both and sum(cams["north door"]["in_view"].values()) == faces_north
+            return both and all(cams[name]["frames"] == 5 for name in ("north door", "south door"))
 
         last = poll(lambda: counts[-1], settled, timeout=5)
         cams = {c["name"]: c for c in last["cameras"]}
