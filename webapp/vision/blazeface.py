@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import cv2
 import numpy as np
 
 from webapp.vision.boxes import Detection, area, clip_detection, weighted_nms
 from webapp.vision.detector import DetectorUnavailable
 from webapp.vision.litert import load_interpreter
+from webapp.vision.scaling import scale_to
 
 
 def blazeface_model_dir() -> Path:
@@ -100,7 +100,7 @@ class BlazeFace:
         s = self.spec.size
         scale = s / max(h, w)
         nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-        resized = cv2.resize(patch, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        resized = scale_to(patch, nw, nh)
         pad_x, pad_y = (s - nw) // 2, (s - nh) // 2
         canvas = np.zeros((s, s, 3), np.float32) - 1.0
         canvas[pad_y:pad_y + nh, pad_x:pad_x + nw] = resized.astype(np.float32) / 127.5 - 1.0
