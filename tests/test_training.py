@@ -106,3 +106,27 @@ def test_evaluate_cli_rejects_bad_arguments(tmp_path):
         evaluate.main(["--crops", str(tmp_path / "missing")])
     with pytest.raises(SystemExit):
         evaluate.main(["--crops", str(tmp_path), "--label-map", "a=not_a_label"])
+
+
+def test_recipes_recorded_before_a_field_existed_compare_equal():
+    from training.recipe import Recipe
+    recorded = Recipe().as_dict()
+    del recorded["focal_gamma"]  # a config.json written before focal loss was an option
+    assert Recipe.normalised(recorded) == Recipe().as_dict()
+    assert Recipe.normalised({**recorded, "focal_gamma": 2.0}) != Recipe().as_dict()
+
+
+@pytest.mark.slow
+def test_focal_loss_recipe_trains(data_dir, weights_dir):
+    from training.datasets import load_all, limit_per_source
+    from training.faces import FaceSet
+    from training.fit import fit_classifier, install_offline_weights
+    from training.recipe import Recipe
+
+    install_offline_weights(weights_dir)
+    faces = FaceSet(limit_per_source(load_all(data_dir), 3))
+    recipe = Recipe(size=64, head_epochs=1, finetune_epochs=1, batch_size=16, focal_gamma=2.0)
+    model, history = fit_classifier(faces, recipe)
+    assert len(history["loss"]) == 2 and all(np.isfinite(history["loss"]))
+    probs = model.predict(np.zeros((2, 64, 64, 3), np.float32), verbose=0)
+    assert probs.shape == (2, 3) and np.allclose(probs.sum(1), 1, atol=1e-5)

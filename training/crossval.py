@@ -30,9 +30,10 @@ import numpy as np
 
 from training.datasets import ALL_DATASETS, KAGGLE, Sample, assign_folds, limit_per_source, load_all, split_by_image
 from training.faces import FaceSet
-from training.fit import Recipe, export_classifier, fit_classifier, install_offline_weights
+from training.fit import export_classifier, fit_classifier, install_offline_weights
 from training.metrics import macro_f1
 from training.oof import load_folds, summarise
+from training.recipe import Recipe
 from webapp.config import Settings
 from webapp.vision.classifier import MaskClassifier
 from webapp.vision.crop import to_model_input
@@ -116,6 +117,7 @@ def run_crossval(faces: FaceSet, fold_of: np.ndarray, recipe: Recipe, out: Path,
     config_file = out / "config.json"
     if config_file.exists():
         previous = json.loads(config_file.read_text())
+        previous["recipe"] = Recipe.normalised(previous["recipe"])
         same = all(previous.get(k) == config.get(k) for k in RUN_KEYS)
         if not same:
             raise SystemExit(f"{out} holds folds of another recipe or data; use another --name")

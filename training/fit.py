@@ -7,13 +7,11 @@ cross-validation curves, never by early stopping on the faces that are then repo
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import tempfile
 import warnings
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable
 
@@ -21,49 +19,11 @@ import keras
 import numpy as np
 
 from training.faces import FaceSet, augmented_batch
+from training.recipe import Recipe
 from webapp.vision.classifier import LABELS_FILE, MODEL_FILE
-from webapp.vision.crop import DEFAULT_MARGIN
 from webapp.vision.labels import LABELS
 
 KERAS_FILE = "mask_classifier.keras"
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """Everything that decides the trained weights, given the training faces and the seed.
-
-    The defaults are the shipped recipe (chosen by 5-fold cross-validation; model/MODEL_CARD.md).
-    """
-
-    alpha: float = 0.35
-    size: int = 160
-    margin: float = DEFAULT_MARGIN
-    balance: str = "class_weight"  # or "sampling" or "none"
-    label_smoothing: float = 0.1
-    occlusion: float = 0.3  # probability of a synthetic hand over the mouth of an unmasked face
-    head_epochs: int = 4
-    finetune_epochs: int = 16
-    finetune_layers: int = 100
-    head_lr: float = 1e-3
-    finetune_lr: float = 1e-4
-    batch_size: int = 64
-    seed: int = 1234
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """One command-line flag per field (``--label-smoothing``...), defaulting to the recipe."""
-        default = cls()
-        choices = {"alpha": (0.35, 0.5, 0.75, 1.0, 1.3, 1.4), "balance": ("class_weight", "sampling", "none")}
-        for f in fields(cls):
-            parser.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(default, f.name)),
-                                default=getattr(default, f.name), choices=choices.get(f.name))
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "Recipe":
-        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def install_offline_weights(weights_dir: Path | None) -> None:
@@ -113,7 +73,12 @@ def fit_classifier(faces: FaceSet, recipe: Recipe, on_epoch: EpochHook | None = 
     callbacks = [EpochScores(on_epoch)] if on_epoch else []
 
     def compile_(lr: float) -> None:
-        loss = keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing)
+        if recipe.focal_gamma > 0:
+            # alpha 1: the classes are balanced by ``class_weight``/sampling, not by the loss.
+            loss = keras.losses.CategoricalFocalCrossentropy(
+                alpha=1.0, gamma=recipe.focal_gamma, label_smoothing=recipe.label_smoothing)
+        else:
+            loss = keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing)
         model.compile(keras.optimizers.Adam(lr), loss, metrics=["accuracy"])
 
     backbone.trainable = False

@@ -21,6 +21,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from training.recipe import Recipe  # noqa: E402
 from webapp.vision.labels import LABELS  # noqa: E402
 
 SOURCES_NOTE = {
@@ -147,7 +148,8 @@ def _mean_std(cell: dict) -> str:
 
 def _recipe_diff(recipe: dict, datasets: list[str], reference: dict) -> str:
     """A candidate described by what differs from the shipped recipe."""
-    changes = [f"{k} {v}" for k, v in recipe.items() if reference["recipe"].get(k) != v]
+    shipped = Recipe.normalised(reference["recipe"])
+    changes = [f"{k} {v}" for k, v in Recipe.normalised(recipe).items() if shipped[k] != v]
     missing = sorted(set(reference["datasets"]) - set(datasets))
     changes += [f"without {d}" for d in missing]
     return ", ".join(changes) or "(same recipe)"

@@ -30,9 +30,10 @@ import numpy as np
 from training.crossval import RUN_KEYS, development_faces, load_splits, run_crossval, start_run
 from training.datasets import ALL_DATASETS, KAGGLE, describe_split, face_counts
 from training.faces import FaceSet
-from training.fit import Recipe, export_classifier, fit_classifier
+from training.fit import export_classifier, fit_classifier
 from training.metrics import SIZE_BUCKETS, classifier_section, format_report, size_bucket
 from training.oof import UNSURE_BELOW, expected_calibration_error, reliability
+from training.recipe import Recipe
 from webapp.vision.classifier import LABELS_FILE, MaskClassifier
 from webapp.vision.crop import to_model_input
 from webapp.vision.labels import LABELS
