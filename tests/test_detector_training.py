@@ -104,6 +104,9 @@ def row(threshold: float, precision: float, recall: float) -> dict[str, float]:
     ({512: [row(0.5, 0.95, 0.83)], 640: [row(0.5, 0.94, 0.86)]}, {512: 1.03, 640: 1.06}, 512, 0.5),
     # equal recall: the smaller (cheaper) side
     ({512: [row(0.5, 0.95, 0.86)], 640: [row(0.5, 0.97, 0.86)]}, {512: 1.0, 640: 1.0}, 512, 0.5),
+    # a larger side gaining less than SIDE_RECALL_SLACK does not pay for its pixels
+    ({512: [row(0.5, 0.94, 0.843)], 640: [row(0.5, 0.94, 0.840)], 768: [row(0.55, 0.94, 0.846)]},
+     {512: 1.0, 640: 1.0, 768: 1.0}, 512, 0.5),
     # a side that never reaches the precision target loses to one that does, whatever its recall
     ({512: [row(0.5, 0.94, 0.80)], 768: [row(0.5, 0.90, 0.95), row(0.6, 0.92, 0.90)]}, {512: 1.0, 768: 1.0},
      512, 0.5),

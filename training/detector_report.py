@@ -31,6 +31,8 @@ STILL_SIDES = (512, 640, 768)
 # Detections per close-up image allowed at the operating point (one face each; issue 8 asks for
 # <= 1.05 on maskedfacenet-maskon), measured on the close-ups the detector trained with.
 MAX_CLOSEUP_DETECTIONS = 1.05
+# Tune recall a larger side must gain to be chosen over a smaller one (~3 of the 343 tune faces).
+SIDE_RECALL_SLACK = 0.01
 THRESHOLDS = np.round(np.arange(0.20, 0.96, 0.05), 2)
 METRICS_FILE = "detector_metrics.json"
 EVAL_FILES = "detector_eval*.json"  # python -m training.evaluate ... --json model/detector_eval_<set>.json
@@ -109,10 +111,15 @@ def meets_targets(point: dict[str, Any]) -> bool:
 
 
 def best_side(points: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Of one operating point per thorough-pass side: among those meeting both targets the highest
-    recall (if none does, the highest precision), then the smaller side (it is cheaper)."""
-    return max(points, key=lambda p: (meets_targets(p), p["recall"] if meets_targets(p) else p["precision"],
-                                      -p["still_side"]))
+    """Of one operating point per thorough-pass side: among those meeting both targets the
+    smallest side whose recall is within ``SIDE_RECALL_SLACK`` of the best (a larger side costs
+    every still image and every live thorough pass its extra pixels, and the tune set cannot
+    tell a few faces apart); if none meets them, the highest precision."""
+    meeting = [p for p in points if meets_targets(p)]
+    if not meeting:
+        return max(points, key=lambda p: (p["precision"], -p["still_side"]))
+    best = max(p["recall"] for p in meeting)
+    return min((p for p in meeting if p["recall"] >= best - SIDE_RECALL_SLACK), key=lambda p: p["still_side"])
 
 
 def closeup_detections(detector: TrainedDetector, closeups: Sequence[Sample]) -> float:
