@@ -118,7 +118,7 @@ def test_recipes_recorded_before_a_field_existed_compare_equal():
 
 @pytest.mark.slow
 def test_focal_loss_recipe_trains(data_dir, weights_dir):
-    from training.datasets import load_all, limit_per_source
+    from training.datasets import limit_per_source, load_all
     from training.faces import FaceSet
     from training.fit import fit_classifier, install_offline_weights
     from training.recipe import Recipe

@@ -230,8 +230,9 @@ def detector_card_lines(out: Path) -> list[str]:
          "out of detector training): for each thorough-pass side the lowest threshold with precision ≥ "
          f"{tuning['target_precision']}, then, of the sides giving at most {MAX_CLOSEUP_DETECTIONS} detections per "
          f"image on the {tuning['closeup_images']} maskedfacenet-maskon close-ups "
-         "the detector trained with, the one with the highest recall; the validation split is used only for the "
-         "results below.",
+         "the detector trained with, the smallest whose recall is within "
+         f"{SIDE_RECALL_SLACK} of the highest (a larger side costs every still image and live thorough pass); "
+         "the validation split is used only for the results below.",
          f"- Versions: TensorFlow {run['tensorflow']}, Keras {run['keras']}. Training took "
          f"{run['train_seconds'] / 60:.0f} min of training steps on the 2-core CPU; loading the data, export and "
          f"the threshold took {run['other_seconds']:.0f} s more.",

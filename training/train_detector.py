@@ -44,12 +44,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Settings().model_dir, help="output folder (default: model/)")
     p.add_argument("--work", type=Path, default=Path("runs/detector"),
                    help="checkpoints, training log and curves (kept for --resume)")
-    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--crop", type=int, default=320, help="training crop side in pixels")
     p.add_argument("--serve-side", type=int, default=512,
                    help="training crops are scaled around this long side; the first thorough-pass side tried")
-    p.add_argument("--live-side", type=int, default=320,
+    p.add_argument("--live-side", type=int, default=256,
                    help="long side of the detector input for the cheap pass of live video (written to the contract)")
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--paste-prob", type=float, default=0.5, help="chance of pasting close-ups into a crop")
