@@ -1,6 +1,7 @@
 """A real server (gunicorn + Flask-SocketIO on loopback) driven by real Socket.IO clients."""
 
 import threading
+from collections import Counter
 
 import cv2
 import numpy as np
@@ -9,6 +10,7 @@ import requests
 import socketio
 
 from tests.helpers import Camera, answer, poll
+from webapp.config import Settings
 from webapp.slots import FrameSlots, Pending
 from webapp.stats import CameraStats, LiveStats
 from webapp.vision.labels import LABELS
@@ -68,6 +70,7 @@ def test_dashboard_counts_follow_frames_from_two_cameras(live_server, frame_byte
     a, b = Camera(live_server.url, "north door"), Camera(live_server.url, "south door")
     try:
         assert poll(lambda: len(counts), bool), "no counts on connect"
+        people_at_start = sum(counts[-1]["people"].values())  # the server may serve other tests too
         blank = cv2.imencode(".png", np.zeros((120, 160, 3), np.uint8))[1].tobytes()
         results = {}
 
@@ -94,14 +97,24 @@ def test_dashboard_counts_follow_frames_from_two_cameras(live_server, frame_byte
         assert sum(cams["south door"]["in_view"].values()) == 0
         assert sum(last["in_view"].values()) == faces_north
         assert cams["north door"]["fps"] > 0
-        people_before = sum(last["people"].values())
         api = requests.get(live_server.url + "/api/stats", timeout=5).json()
         assert api["in_view"] == last["in_view"]
-        # Cameras leave: the people still in view are counted, once each.
+        # Cameras leave: the people still in view are counted, once each. A person is a track seen
+        # in at least track_min_frames frames, once sure: a far face found only by the detector's
+        # thorough passes may have fewer sightings and is then no person (yet).
+        seen, sure = Counter(), set()
+        for i in range(5):
+            for face in results[("north door", i)][1]["faces"]:
+                seen[face["track"]] += 1
+                if not face["unsure"]:
+                    sure.add(face["track"])
+        people = {t for t, n in seen.items() if n >= Settings().track_min_frames and t in sure}
+        assert len(people) >= 4
         a.close()
         b.close()
-        poll(lambda: counts[-1], lambda c: sum(c["people"].values()) >= people_before + faces_north, timeout=5)
-        assert sum(counts[-1]["people"].values()) == people_before + faces_north
+        expected = people_at_start + len(people)
+        poll(lambda: counts[-1], lambda c: sum(c["people"].values()) >= expected, timeout=5)
+        assert sum(counts[-1]["people"].values()) == expected
         assert 0 <= counts[-1]["compliance"] <= 1
     finally:
         a.close()
