@@ -1,5 +1,7 @@
 """Cross-validation bookkeeping on synthetic predictions: folds, calibration, decisions, intervals."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -8,6 +10,7 @@ from training.metrics import classifier_section
 from training.oof import (
     OutOfFold,
     acceptance_numbers,
+    candidate_summary,
     choose_offsets,
     cross_fit,
     decide,
@@ -98,6 +101,18 @@ def test_summary_has_intervals_that_contain_the_pooled_value():
     assert lo < mean < hi
     assert summary["epoch_curve"] == [0.5, 0.6]
     assert len(plain["worst_errors"]) == 10
+
+
+def test_a_compared_candidate_keeps_what_the_card_shows_and_drops_the_per_fold_detail():
+    _, probs, labels = synthetic(600)
+    summary = summarise(oof_of(probs, labels), {"recipe": {"size": 224}})
+    kept = candidate_summary(summary)
+    assert kept["config"] == {"recipe": {"size": 224}}
+    for variant in ("plain", "flip_tta"):
+        for rule in ("argmax", "offsets"):
+            full = summary["variants"][variant][rule]
+            assert kept["variants"][variant][rule] == {"mean_std": full["mean_std"], "by_size": full["by_size"]}
+    assert len(json.dumps(kept)) < len(json.dumps(summary)) / 3
 
 
 def test_fast_numbers_agree_with_the_reported_sections():

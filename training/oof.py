@@ -267,3 +267,13 @@ def summarise(oof: OutOfFold, config: dict[str, Any]) -> dict[str, Any]:
             },
         }
     return result
+
+
+def candidate_summary(cv: dict[str, Any]) -> dict[str, Any]:
+    """What the model card shows of a compared candidate (its recipe, the mean ± std and the
+    per-size table of each serving variant): a whole ``cv.json`` is ~1600 lines of per-fold
+    detail that belongs in its own folder, not in every shipped ``metrics.json``."""
+    return {"config": cv["config"],
+            "variants": {name: {rule: {k: report[k] for k in ("mean_std", "by_size")}
+                                for rule, report in variant.items() if rule in ("argmax", "offsets")}
+                         for name, variant in cv["variants"].items()}}

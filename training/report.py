@@ -357,7 +357,7 @@ def refresh_cv(model_dir: Path, add: list[Path] | None = None) -> None:
     """Recompute the cross-validation summaries in ``metrics.json`` from the saved out-of-fold
     predictions (``runs/cv/<name>/fold*.npz``), e.g. after the summary gained a table, or after
     another candidate (``add``) finished its cross-validation."""
-    from training.oof import load_folds, summarise
+    from training.oof import candidate_summary, load_folds, summarise
 
     path = model_dir / "metrics.json"
     m = json.loads(path.read_text())
@@ -367,7 +367,7 @@ def refresh_cv(model_dir: Path, add: list[Path] | None = None) -> None:
         return summarise(load_folds(folder, int(config["folds"])), config)
     m["cv"] = {k: v for k, v in summary(Path(m["cv_dir"])).items() if k != "config"}
     names = list(m.get("compare", {})) + [str(p) for p in add or [] if str(p) not in m.get("compare", {})]
-    m["compare"] = {name: summary(Path(name)) for name in names}
+    m["compare"] = {name: candidate_summary(summary(Path(name))) for name in names}
     path.write_text(json.dumps(m, indent=2) + "\n")
 
 

@@ -32,7 +32,7 @@ from training.datasets import ALL_DATASETS, KAGGLE, describe_split, face_counts
 from training.faces import FaceSet
 from training.fit import export_classifier, fit_classifier
 from training.metrics import SIZE_BUCKETS, classifier_section, format_report, size_bucket
-from training.oof import UNSURE_BELOW, expected_calibration_error, reliability
+from training.oof import UNSURE_BELOW, candidate_summary, expected_calibration_error, reliability
 from training.recipe import Recipe
 from webapp.vision.classifier import LABELS_FILE, MaskClassifier
 from webapp.vision.crop import to_model_input
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         "serving": decisions,
         "cv_dir": str(cv_dir),
         "cv": {k: cv[k] for k in ("faces", "fold_seconds", "epoch_curve", "variants")},
-        "compare": {str(p): json.loads((p / "cv.json").read_text()) for p in args.compare
+        "compare": {str(p): candidate_summary(json.loads((p / "cv.json").read_text())) for p in args.compare
                     if (p / "cv.json").exists()},
         "val_calibration": {"ece": expected_calibration_error(probs, val_faces.labels),
                             "reliability": reliability(probs, val_faces.labels)},
