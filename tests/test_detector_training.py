@@ -67,6 +67,22 @@ def test_crops_keep_boxes_on_the_faces():
                 assert crop[cy, cx].mean() > 100  # photometric changes keep it far from black
 
 
+def test_close_ups_pasted_larger_than_the_crop_teach_only_their_surroundings():
+    """At the serving side a close-up's face is larger than a training crop: its face cells are
+    ignored (not a face the crop can show whole) and the rest of the crop stays negative."""
+    empty = Scene(np.full((200, 300, 3), 90, np.uint8), np.zeros((0, 4), np.float32), "synthetic")
+    image = np.zeros((400, 400, 3), np.uint8)
+    image[100:300, 100:300] = 255
+    closeup = Scene(image, np.array([[100, 100, 300, 300]], np.float32), "synthetic")
+    sampler = CropSampler([empty], [closeup], crop=128, serve_side=300, paste_prob=1.0,
+                          closeup_face=(300.0, 300.0))
+    for seed in range(10):
+        _, boxes = sampler.sample(np.random.default_rng(seed))
+        assert len(boxes) and (boxes[:, 2] - boxes[:, 0] >= 299).all()
+        score, _, _ = grid_targets(boxes, 128, 4)
+        assert not (score == 1).any()
+
+
 @pytest.mark.slow
 def test_tiny_detector_training_run_exports_resumes_and_serves(data_dir, tmp_path):
     from training import train_detector

@@ -129,7 +129,7 @@ def closeup_detections(detector: TrainedDetector, closeups: Sequence[Sample]) ->
 
 
 def choose_operating_point(out: Path, tune: Sequence[Sample], closeups: Sequence[Sample], threads: int = 2,
-                           sides: Sequence[int] = STILL_SIDES) -> dict[str, Any]:
+                           sides: Sequence[int] = STILL_SIDES, closeups_trained_on: bool = True) -> dict[str, Any]:
     """Set the contract's thorough-pass side and threshold from the tune images and the close-ups;
     return the tables."""
     curves, points = {}, []
@@ -144,7 +144,8 @@ def choose_operating_point(out: Path, tune: Sequence[Sample], closeups: Sequence
     (out / DETECTOR_CONTRACT).write_text(json.dumps(contract, indent=2) + "\n")
     return {**chosen, "curve": curves[chosen["still_side"]], "sides": points,
             "target_precision": TARGET_PRECISION, "max_closeup_detections": MAX_CLOSEUP_DETECTIONS,
-            "tune_images": len(tune), "tune_faces": sum(len(s.faces) for s in tune), "closeup_images": len(closeups)}
+            "tune_images": len(tune), "tune_faces": sum(len(s.faces) for s in tune), "closeup_images": len(closeups),
+            "closeups_trained_on": closeups_trained_on}
 
 
 def write_detector_card(out: Path, run: dict[str, Any], tuning: dict[str, Any], log_path: Path) -> None:
@@ -222,15 +223,17 @@ def detector_card_lines(out: Path) -> list[str]:
          f"- Data: kaggle-facemask *fit* images ({run['fit_images']} images, {run['fit_faces']} faces) scaled by "
          f"0.25–2× around the serving scale ({run['serve_side']} px long side), two scenes per crop in 60 % of "
          f"crops (mosaic), and in {run['paste_prob']:.0%} of crops 1–3 maskedfacenet-maskon training close-ups "
-         f"({run['closeup_images']} images) pasted at 12–240 px; flips, brightness/contrast, colour cast, grey, "
-         "blur, JPEG re-encoding. maskedfacenet-imfd-extra is not used: its boxes cover the whole head "
-         "(from segmentations), not the face box the annotators drew; chandrikadeb7 has no boxes.",
+         f"({run['closeup_images']} images) pasted at 12–{run.get('closeup_max_face', 240):.0f} px; flips, "
+         "brightness/contrast, colour cast, grey, blur, JPEG re-encoding. maskedfacenet-imfd-extra is not used: "
+         "its boxes cover the whole head (from segmentations), not the face box the annotators drew; "
+         "chandrikadeb7 has no boxes.",
          f"- Which data chose what: training used the fit images only; the operating point was chosen on the "
          f"{tuning['tune_images']} tune images ({tuning['tune_faces']} faces; kaggle-facemask training split, held "
          "out of detector training): for each thorough-pass side the lowest threshold with precision ≥ "
          f"{tuning['target_precision']}, then, of the sides giving at most {MAX_CLOSEUP_DETECTIONS} detections per "
          f"image on the {tuning['closeup_images']} maskedfacenet-maskon close-ups "
-         "the detector trained with, the smallest whose recall is within "
+         + ("the detector trained with" if tuning.get("closeups_trained_on", True)
+            else "of its training split held out of training") + ", the smallest whose recall is within "
          f"{SIDE_RECALL_SLACK} of the highest (a larger side costs every still image and live thorough pass); "
          "the validation split is used only for the results below.",
          f"- Versions: TensorFlow {run['tensorflow']}, Keras {run['keras']}. Training took "

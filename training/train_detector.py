@@ -53,6 +53,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="long side of the detector input for the cheap pass of live video (written to the contract)")
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--paste-prob", type=float, default=0.5, help="chance of pasting close-ups into a crop")
+    p.add_argument("--closeup-max-face", type=float, default=240.0,
+                   help="largest face side (px, in the crop's scale) a pasted close-up gets; above ~350 px, "
+                        "the size of a close-up's face at the serving side, only its surroundings stay in a "
+                        "crop: background, clothes and hair at the scale the served full-resolution pass sees them")
+    p.add_argument("--closeup-tune-fraction", type=float, default=0.0,
+                   help="share of the maskon training close-ups kept out of pasting, on which the operating "
+                        "point counts boxes per close-up (0: count on the pasted ones)")
     p.add_argument("--rare-weight", type=float, default=0.0,
                    help="draw scenes with unmasked or incorrectly masked faces 1 + this times as often")
     p.add_argument("--checkpoint-every", type=int, default=200)
@@ -85,12 +92,15 @@ def main(argv: list[str] | None = None) -> int:
 
     # --- Data: the split is by source image; near-duplicates share a group -------------------
     fit, tune, closeups = detector_splits(data_dir, args.limit_images)
-    log.info("kaggle fit %d images (%d faces), tune %d images; close-ups %d",
-             len(fit), sum(len(s.faces) for s in fit), len(tune), len(closeups))
+    closeups, closeup_tune = (split_by_image(closeups, args.closeup_tune_fraction, SPLIT_SEED + 1)
+                              if args.closeup_tune_fraction else (closeups, closeups))
+    log.info("kaggle fit %d images (%d faces), tune %d images; close-ups %d pasted, %d counted for the "
+             "operating point", len(fit), sum(len(s.faces) for s in fit), len(tune), len(closeups), len(closeup_tune))
     scenes = load_scenes(fit, desc="kaggle fit")
     weights = [1.0 + args.rare_weight * any(lab != WITH_MASK for lab in sc.labels) for sc in scenes]
     sampler = CropSampler(scenes, load_scenes(closeups, 512, desc="close-ups"), crop=args.crop,
                           serve_side=args.serve_side, paste_prob=args.paste_prob,
+                          closeup_face=(12.0, args.closeup_max_face),
                           scene_weights=weights if args.rare_weight else None)
 
     # --- Model: BlazeFace full range with its own weights, every layer trainable ------------
@@ -159,11 +169,13 @@ def main(argv: list[str] | None = None) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     export_detector(model, args.out, still_side=args.serve_side, live_side=args.live_side)
-    tuning = choose_operating_point(args.out, tune, closeups)
+    tuning = choose_operating_point(args.out, tune, closeup_tune, closeups_trained_on=closeup_tune is closeups)
     run = {
         "commands": _commands(args.work, argv),
         "seed": args.seed, "steps": args.steps, "batch_size": args.batch_size, "crop": args.crop,
-        "serve_side": args.serve_side, "lr": args.lr, "paste_prob": args.paste_prob, "rare_weight": args.rare_weight,
+        "serve_side": args.serve_side, "lr": args.lr, "paste_prob": args.paste_prob,
+        "closeup_max_face": args.closeup_max_face, "closeup_tune_fraction": args.closeup_tune_fraction,
+        "rare_weight": args.rare_weight,
         "train_seconds": round(train_seconds, 1),
         # this invocation's time outside training steps: loading data, the Keras check, export, threshold
         "other_seconds": round(time.time() - started - (train_seconds - seconds_before), 1),
