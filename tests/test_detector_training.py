@@ -98,6 +98,7 @@ def test_tiny_detector_training_run_exports_resumes_and_serves(data_dir, tmp_pat
         assert (out / name).stat().st_size > 0, name
     metrics = json.loads((out / "detector_metrics.json").read_text())
     assert metrics["run"]["steps"] == 4 and metrics["tuning"]["curve"]
+    assert metrics["tuning"]["closeups_trained_on"] is False  # boxes per close-up on held-out close-ups
     detector = TrainedDetector(out)
     assert detector.threshold == metrics["tuning"]["threshold"]
     assert detector.still_side == metrics["tuning"]["still_side"]
