@@ -9,9 +9,10 @@ Reads top to bottom like a Keras example: data, model, loss, training loop (chec
 
 Which data chose what: the model trains on the kaggle-facemask *fit* images (the classifier's
 training split minus a tune split) plus maskedfacenet-maskon training close-ups pasted into
-scenes. The operating threshold is chosen on the *tune* images (never trained on) and, for the
-boxes per close-up, on a share of the maskon training close-ups kept out of pasting. The
-validation split (``python -m training.evaluate --split val``) is used for reporting only.
+scenes. The operating threshold is chosen on the *tune* images (never trained on); the boxes per
+close-up are counted on the pasted close-ups, or on a share kept out of pasting
+(``--closeup-tune-fraction``). The validation split (``python -m training.evaluate --split
+val``) is used for reporting only.
 """
 
 from __future__ import annotations
@@ -54,11 +55,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="long side of the detector input for the cheap pass of live video (written to the contract)")
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--paste-prob", type=float, default=0.5, help="chance of pasting close-ups into a crop")
-    p.add_argument("--closeup-max-face", type=float, default=480.0,
+    p.add_argument("--closeup-max-face", type=float, default=240.0,
                    help="largest face side (px, in the crop's scale) a pasted close-up gets; above ~350 px, "
                         "the size of a close-up's face at the serving side, only its surroundings stay in a "
                         "crop: background, clothes and hair at the scale the served full-resolution pass sees them")
-    p.add_argument("--closeup-tune-fraction", type=float, default=0.15,
+    p.add_argument("--closeup-tune-fraction", type=float, default=0.0,
                    help="share of the maskon training close-ups kept out of pasting, on which the operating "
                         "point counts boxes per close-up (0: count on the pasted ones)")
     p.add_argument("--rare-weight", type=float, default=0.0,
