@@ -28,6 +28,7 @@ from training.datasets import Sample, read_rgb
 MIN_FACE = 4.0        # px in the crop: smaller faces are ignore regions
 MIN_VISIBLE = 0.6     # share of a face's box inside the crop to count as a face
 POSITIVE_RADIUS = (3.0, 0.25)  # px, share of the face side
+CLOSEUP_FACE = (12.0, 240.0)  # px, face sides pasted close-ups get (log-uniform): the shipped recipe
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ class CropSampler:
 
     def __init__(self, scenes: Sequence[Scene], closeups: Sequence[Scene], crop: int = 320,
                  serve_side: int = 512, scale_range: tuple[float, float] = (0.25, 2.0),
-                 paste_prob: float = 0.5, closeup_face: tuple[float, float] = (12.0, 240.0),
+                 paste_prob: float = 0.5, closeup_face: tuple[float, float] = CLOSEUP_FACE,
                  scene_weights: Sequence[float] | None = None) -> None:
         if not scenes:
             raise ValueError("no training scenes")

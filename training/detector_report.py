@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from training.datasets import Sample, read_rgb
 from training.detection_metrics import RECALL_IOU
+from training.detector_data import CLOSEUP_FACE
 from webapp.config import Settings
 from webapp.vision.blazeface import blazeface_model_dir
 from webapp.vision.boxes import iou_matrix
@@ -223,8 +224,9 @@ def detector_card_lines(out: Path) -> list[str]:
          f"- Data: kaggle-facemask *fit* images ({run['fit_images']} images, {run['fit_faces']} faces) scaled by "
          f"0.25–2× around the serving scale ({run['serve_side']} px long side), two scenes per crop in 60 % of "
          f"crops (mosaic), and in {run['paste_prob']:.0%} of crops 1–3 maskedfacenet-maskon training close-ups "
-         f"({run['closeup_images']} images) pasted at 12–{run.get('closeup_max_face', 240):.0f} px; flips, "
-         "brightness/contrast, colour cast, grey, blur, JPEG re-encoding. maskedfacenet-imfd-extra is not used: "
+         f"({run['closeup_images']} images) pasted at {CLOSEUP_FACE[0]:.0f}–"
+         f"{run.get('closeup_max_face', CLOSEUP_FACE[1]):.0f} px; "
+         "flips, brightness/contrast, colour cast, grey, blur, JPEG re-encoding. maskedfacenet-imfd-extra is not used: "
          "its boxes cover the whole head (from segmentations), not the face box the annotators drew; "
          "chandrikadeb7 has no boxes.",
          f"- Which data chose what: training used the fit images only; the operating point was chosen on the "

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from training.datasets import KAGGLE, MASKON, load_dataset, split_by_image
-from training.detector_data import CropSampler, load_scenes, training_batch
+from training.detector_data import CLOSEUP_FACE, CropSampler, load_scenes, training_batch
 from webapp.vision.labels import WITH_MASK
 
 log = logging.getLogger("training.train_detector")
@@ -55,7 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="long side of the detector input for the cheap pass of live video (written to the contract)")
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--paste-prob", type=float, default=0.5, help="chance of pasting close-ups into a crop")
-    p.add_argument("--closeup-max-face", type=float, default=240.0,
+    p.add_argument("--closeup-max-face", type=float, default=CLOSEUP_FACE[1],
                    help="largest face side (px, in the crop's scale) a pasted close-up gets; above ~350 px, "
                         "the size of a close-up's face at the serving side, only its surroundings stay in a "
                         "crop: background, clothes and hair at the scale the served full-resolution pass sees them")
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     weights = [1.0 + args.rare_weight * any(lab != WITH_MASK for lab in sc.labels) for sc in scenes]
     sampler = CropSampler(scenes, load_scenes(closeups, 512, desc="close-ups"), crop=args.crop,
                           serve_side=args.serve_side, paste_prob=args.paste_prob,
-                          closeup_face=(12.0, args.closeup_max_face),
+                          closeup_face=(CLOSEUP_FACE[0], args.closeup_max_face),
                           scene_weights=weights if args.rare_weight else None)
 
     # --- Model: BlazeFace full range with its own weights, every layer trainable ------------
