@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from training import evaluate, train
+from training import evaluate, report, train
 from webapp.vision.classifier import MaskClassifier
 from webapp.vision.labels import LABELS
 
@@ -36,6 +36,21 @@ def test_tiny_training_run_produces_loadable_artifacts(data_dir, weights_dir, tm
     assert metrics["tflite_vs_keras_max_abs_diff"] <= 1e-4
     card = (out / "MODEL_CARD.md").read_text()
     assert "python -m training.train" in card and "2-fold cross-validation" in card
+    # A model trained into this folder later lists this one among its candidates.
+    replaced = train.replaced_candidates(out)
+    assert list(replaced) == [str(cv)]
+    assert replaced[str(cv)]["config"]["recipe"]["size"] == 96
+    assert set(replaced[str(cv)]["variants"]["plain"]) == {"argmax", "offsets"}
+    assert train.replaced_candidates(tmp_path / "nothing-here") == {}
+    # Refreshing the CV summaries recomputes what has its folder here and keeps what has not.
+    metrics = json.loads((out / "metrics.json").read_text())
+    metrics["compare"] = {"runs/cv/gone": replaced[str(cv)]}
+    (out / "metrics.json").write_text(json.dumps(metrics))
+    report.refresh_cv(out, [cv])
+    refreshed = json.loads((out / "metrics.json").read_text())
+    assert list(refreshed["compare"]) == ["runs/cv/gone", str(cv)]
+    assert refreshed["compare"]["runs/cv/gone"] == replaced[str(cv)]
+    assert refreshed["cv"]["variants"] == metrics["cv"]["variants"]
     # A second run reuses the finished folds; another recipe in the same folder is refused.
     folds_before = (cv / "fold0.npz").stat().st_mtime_ns
     assert train.main(args) == 0 and (cv / "fold0.npz").stat().st_mtime_ns == folds_before

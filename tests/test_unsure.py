@@ -15,9 +15,9 @@ from webapp.vision.classifier import MaskClassifier
 
 
 def test_classifier_flags_scores_below_the_threshold(model_dir, unsure_model):
-    crops = np.random.default_rng(0).uniform(-1, 1, (4, 160, 160, 3)).astype(np.float32)
     shipped, unsure = MaskClassifier(model_dir), MaskClassifier(unsure_model)
-    crops = crops[:, :shipped.input_size, :shipped.input_size]
+    size = shipped.input_size
+    crops = np.random.default_rng(0).uniform(-1, 1, (4, size, size, 3)).astype(np.float32)
     threshold = shipped.unsure_below
     assert [p.unsure for p in shipped.classify(crops)] == [p.score < threshold for p in shipped.classify(crops)]
     assert all(p.unsure for p in unsure.classify(crops))

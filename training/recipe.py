@@ -17,7 +17,7 @@ class Recipe:
     """
 
     alpha: float = 0.35
-    size: int = 160
+    size: int = 224
     margin: float = DEFAULT_MARGIN
     balance: str = "class_weight"  # or "sampling" or "none"
     label_smoothing: float = 0.1

@@ -356,7 +356,9 @@ def write_model_card(out: Path) -> None:
 def refresh_cv(model_dir: Path, add: list[Path] | None = None) -> None:
     """Recompute the cross-validation summaries in ``metrics.json`` from the saved out-of-fold
     predictions (``runs/cv/<name>/fold*.npz``), e.g. after the summary gained a table, or after
-    another candidate (``add``) finished its cross-validation."""
+    another candidate (``add``) finished its cross-validation. Summaries whose folder is not
+    here (``runs/`` is local: another checkout, or a candidate kept from a replaced model) stay
+    as recorded."""
     from training.oof import candidate_summary, load_folds, summarise
 
     path = model_dir / "metrics.json"
@@ -365,9 +367,15 @@ def refresh_cv(model_dir: Path, add: list[Path] | None = None) -> None:
     def summary(folder: Path) -> dict:
         config = json.loads((folder / "config.json").read_text())
         return summarise(load_folds(folder, int(config["folds"])), config)
-    m["cv"] = {k: v for k, v in summary(Path(m["cv_dir"])).items() if k != "config"}
-    names = list(m.get("compare", {})) + [str(p) for p in add or [] if str(p) not in m.get("compare", {})]
-    m["compare"] = {name: candidate_summary(summary(Path(name))) for name in names}
+
+    def here(name: str) -> bool:
+        return (Path(name) / "config.json").is_file()
+    if here(m["cv_dir"]):
+        m["cv"] = {k: v for k, v in summary(Path(m["cv_dir"])).items() if k != "config"}
+    compare = m.get("compare", {})
+    names = list(compare) + [str(p) for p in add or [] if str(p) not in compare]
+    m["compare"] = {name: candidate_summary(summary(Path(name))) if here(name) or name not in compare
+                    else compare[name] for name in names}
     path.write_text(json.dumps(m, indent=2) + "\n")
 
 

@@ -109,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     settings, recipe, config = start_run(args, "training.train", argv)
     command = config["command"]
 
+    replaced = replaced_candidates(args.out)  # read before the final model overwrites them
+
     # ---- Data: development images (cross-validation and the final fit) and validation ----------
     dev_samples, val_samples = load_splits(settings.data_dir, args.datasets, args.limit_images)
     faces, fold_of = development_faces(dev_samples, args.folds, recipe.seed)
@@ -139,8 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         "serving": decisions,
         "cv_dir": str(cv_dir),
         "cv": {k: cv[k] for k in ("faces", "fold_seconds", "epoch_curve", "variants")},
-        "compare": {str(p): candidate_summary(json.loads((p / "cv.json").read_text())) for p in args.compare
-                    if (p / "cv.json").exists()},
+        "compare": {name: summary for name, summary in {
+            **replaced, **{str(p): candidate_summary(json.loads((p / "cv.json").read_text()))
+                           for p in args.compare if (p / "cv.json").exists()}}.items() if name != str(cv_dir)},
         "val_calibration": {"ece": expected_calibration_error(probs, val_faces.labels),
                             "reliability": reliability(probs, val_faces.labels)},
         "split": {"dev": _counts(dev_samples), "val": _counts(val_samples)},
@@ -158,6 +161,23 @@ def main(argv: list[str] | None = None) -> int:
     print(format_report(metrics["kaggle_min32"], "validation kaggle-facemask faces >= 32 px"))
     print(f"wrote {args.out} in {metrics['train_seconds']:.0f} s")
     return 0
+
+
+def replaced_candidates(out: Path) -> dict[str, dict]:
+    """The candidate table of the model a run replaces in ``out``: its own cross-validation and
+    the candidates it was compared with. The card keeps the whole history of recipes tried, even
+    where their ``runs/cv`` folders are gone (they are local, never committed)."""
+    path = out / "metrics.json"
+    if not path.is_file():
+        return {}
+    m = json.loads(path.read_text())
+    if "cv" not in m:
+        return {}
+    config = {"recipe": m["recipe"], "folds": len(m["cv"]["fold_seconds"]), "datasets": m["datasets"],
+              "command": m["command"]}
+    own = candidate_summary({"config": config, "variants": m["cv"]["variants"]})
+    log.info("keeping the %d candidates of the model replaced in %s", len(m.get("compare", {})) + 1, out)
+    return {**m.get("compare", {}), m["cv_dir"]: own}
 
 
 def _recipe_hash(config: dict) -> str:
