@@ -16,6 +16,7 @@ from training.oof import (
     decide,
     expected_calibration_error,
     fit_temperature,
+    ranking_ap,
     summarise,
     with_temperature,
 )
@@ -111,7 +112,7 @@ def test_a_compared_candidate_keeps_what_the_card_shows_and_drops_the_per_fold_d
     for variant in ("plain", "flip_tta"):
         for rule in ("argmax", "offsets"):
             full = summary["variants"][variant][rule]
-            assert kept["variants"][variant][rule] == {"mean_std": full["mean_std"], "by_size": full["by_size"]}
+            assert kept["variants"][variant][rule] == {k: full[k] for k in ("mean_std", "by_size", "ranking_ap")}
     assert len(json.dumps(kept)) < len(json.dumps(summary)) / 3
 
 
@@ -128,3 +129,21 @@ def test_fast_numbers_agree_with_the_reported_sections():
     maskon = classifier_section(names[y[300:]], names[pred[300:]])
     assert numbers["maskon_accuracy"] == pytest.approx(maskon["accuracy"])
     assert numbers["chandrika_accuracy"] is None
+
+
+@pytest.mark.parametrize("p_right, p_wrong, expected", [
+    (0.9, 0.8, 0.5),   # the right face ranked first: precision 1 at the one hit of 2 true faces
+    (0.7, 0.8, 0.25),  # the wrong face ranked first: precision 1/2 at the hit
+])
+def test_ranking_ap_ranks_only_the_faces_decided_as_the_class(p_right, p_wrong, expected):
+    # Faces 0..3 are true with / incorrect / incorrect / without; face 2 was decided as with_mask,
+    # so it cannot be found as mask_incorrect at any score (recall counts it, as served AP does).
+    y = np.array([0, 1, 1, 2])
+    pred = np.array([0, 1, 0, 1])
+    probs = np.array([[0.9, 0.05, 0.05], [0.1, p_right, 0.9 - p_right],
+                      [0.6, 0.39, 0.01], [0.1, p_wrong, 0.9 - p_wrong]])
+    ap = ranking_ap(probs, y, pred, np.ones(4, bool))
+    assert ap["mask_incorrect"] == pytest.approx(expected)
+    assert ap["with_mask"] == 1.0  # two faces decided with_mask; its one true face ranked first
+    assert ap["without_mask"] == 0.0  # its one face was decided as another class
+    assert ranking_ap(probs, y, pred, np.array([True, False, False, False]))["without_mask"] is None

@@ -202,6 +202,39 @@ def by_size(oof: OutOfFold, pred: np.ndarray) -> dict[str, dict[str, Any]]:
             for name, _, _ in SIZE_BUCKETS}
 
 
+def ranking_ap(probs: np.ndarray, y: np.ndarray, pred: np.ndarray, mask: np.ndarray) -> dict[str, float | None]:
+    """Average precision per class of the served ranking on true face boxes (None: no such face).
+
+    As in the end-to-end AP (``training.evaluate``), a face competes for a class only when it
+    was decided as that class, ranked by its calibrated score; recall counts every true face of
+    the class. F1 sees only the decisions; this sees whether the confident ones are the right
+    ones. Written here rather than with scikit-learn's ``average_precision_score``, which ranks
+    every face for every class and so would not measure what is served.
+    """
+    out: dict[str, float | None] = {}
+    for c, name in enumerate(LABELS):
+        n_true = int((y[mask] == c).sum())
+        chosen = np.flatnonzero(mask & (pred == c))
+        hits = y[chosen[np.argsort(-probs[chosen, c], kind="stable")]] == c
+        precision_at = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+        out[name] = float((precision_at * hits).sum() / n_true) if n_true else None
+    return out
+
+
+def ranking_report(oof: OutOfFold, calibrated: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
+    """Per-class ranking AP on kaggle-facemask, mean ± std over folds, all faces and >= 32 px."""
+    kaggle = oof.sources == KAGGLE
+    out = {}
+    for subset, extra in (("all", kaggle), ("min32", kaggle & (oof.short_sides >= 32))):
+        folds = [ranking_ap(calibrated, oof.labels, pred, extra & (oof.fold == k)) for k in np.unique(oof.fold)]
+        out[subset] = {}
+        for name in LABELS:
+            values = [f[name] for f in folds if f[name] is not None]
+            out[subset][name] = {"mean": float(np.mean(values)) if values else None,
+                                 "std": float(np.std(values, ddof=1)) if len(values) > 1 else None}
+    return out
+
+
 def worst_errors(oof: OutOfFold, probs: np.ndarray, pred: np.ndarray, n: int = 10) -> list[dict[str, Any]]:
     """The most confident wrong out-of-fold decisions (the model card's failure cases)."""
     wrong = np.flatnonzero(pred != oof.labels)
@@ -236,7 +269,8 @@ def decision_report(oof: OutOfFold, calibrated: np.ndarray, pred: np.ndarray) ->
     per face size, and its most confident mistakes."""
     folds = per_fold(oof, pred)
     return {"per_fold": folds, "mean_std": mean_std(folds), "bootstrap95": bootstrap(oof, pred),
-            "by_size": by_size(oof, pred), "worst_errors": worst_errors(oof, calibrated, pred)}
+            "by_size": by_size(oof, pred), "ranking_ap": ranking_report(oof, calibrated, pred),
+            "worst_errors": worst_errors(oof, calibrated, pred)}
 
 
 def summarise(oof: OutOfFold, config: dict[str, Any]) -> dict[str, Any]:
@@ -270,10 +304,10 @@ def summarise(oof: OutOfFold, config: dict[str, Any]) -> dict[str, Any]:
 
 
 def candidate_summary(cv: dict[str, Any]) -> dict[str, Any]:
-    """What the model card shows of a compared candidate (its recipe, the mean ± std and the
-    per-size table of each serving variant): a whole ``cv.json`` is ~1600 lines of per-fold
+    """What the model card shows of a compared candidate (its recipe, the mean ± std, the
+    per-size table and the ranking AP of each serving variant): a whole ``cv.json`` is ~1600 lines of per-fold
     detail that belongs in its own folder, not in every shipped ``metrics.json``."""
     return {"config": cv["config"],
-            "variants": {name: {rule: {k: report[k] for k in ("mean_std", "by_size")}
+            "variants": {name: {rule: {k: report[k] for k in ("mean_std", "by_size", "ranking_ap") if k in report}
                                 for rule, report in variant.items() if rule in ("argmax", "offsets")}
                          for name, variant in cv["variants"].items()}}

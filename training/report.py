@@ -204,7 +204,7 @@ def _cv_lines(m: dict) -> list[str]:
           + ". Class offsets are chosen on four folds and scored on the fifth. Shipped: "
           f"mirrored crop {'on' if m['serving']['flip_average'] else 'off'}, decision offsets "
           f"{[round(v, 3) for v in m['serving']['decision_offsets']]} (log-probability added per class, "
-          f"{', '.join(LABELS)})." + _live_sentence(m), "",
+          f"{', '.join(LABELS)})." + _live_sentence(m) + _ranking_sentence(shipped[variant][rule]), "",
           "### Out-of-fold results by face size (kaggle-facemask development images, shipped recipe)", ""]
     L += _section_table([(f"faces {b}", sec) for b, sec in shipped[variant][rule]["by_size"].items()])
     base = next((cv for path, cv in m["compare"].items() if "datasets" in cv["config"]
@@ -229,6 +229,18 @@ def _cv_lines(m: dict) -> list[str]:
           "of the same track decides it." + _unsure_sentence((cal.get("unsure") or {}).get(rule)), "",
           "![reliability](reliability.png)", ""]
     return L
+
+
+def _ranking_sentence(report: dict) -> str:
+    """The classifier's share of the end-to-end AP, where the CV summary has it."""
+    ranking = report.get("ranking_ap")
+    if not ranking:
+        return ""
+    return (" Ranking on true face boxes (what the end-to-end AP asks of the classifier: the faces decided "
+            "as a class, ordered by calibrated score; out-of-fold average precision per class on "
+            "kaggle-facemask, mean ± std over folds, all faces / ≥ 32 px): "
+            + "; ".join(f"`{name}` {_mean_std(ranking['all'][name])} / {_mean_std(ranking['min32'][name])}"
+                        for name in LABELS) + ".")
 
 
 def _live_sentence(m: dict) -> str:
