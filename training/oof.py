@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from scipy.optimize import minimize_scalar
@@ -160,9 +160,9 @@ def per_fold(oof: OutOfFold, pred: np.ndarray) -> list[dict[str, float | None]]:
             for m in (oof.fold == k for k in np.unique(oof.fold))]
 
 
-def mean_std(rows: list[dict[str, float | None]]) -> dict[str, dict[str, float | None]]:
+def mean_std(rows: list[dict[str, float | None]], keys: Sequence[str] = KEYS) -> dict[str, dict[str, float | None]]:
     out = {}
-    for key in KEYS:
+    for key in keys:
         values = [r[key] for r in rows if r[key] is not None]
         out[key] = {"mean": float(np.mean(values)) if values else None,
                     "std": float(np.std(values, ddof=1)) if len(values) > 1 else None}
@@ -227,11 +227,7 @@ def ranking_report(oof: OutOfFold, calibrated: np.ndarray, pred: np.ndarray) -> 
     out = {}
     for subset, extra in (("all", kaggle), ("min32", kaggle & (oof.short_sides >= 32))):
         folds = [ranking_ap(calibrated, oof.labels, pred, extra & (oof.fold == k)) for k in np.unique(oof.fold)]
-        out[subset] = {}
-        for name in LABELS:
-            values = [f[name] for f in folds if f[name] is not None]
-            out[subset][name] = {"mean": float(np.mean(values)) if values else None,
-                                 "std": float(np.std(values, ddof=1)) if len(values) > 1 else None}
+        out[subset] = mean_std(folds, LABELS)
     return out
 
 
