@@ -145,3 +145,27 @@ def test_focal_loss_recipe_trains(data_dir, weights_dir):
     assert len(history["loss"]) == 2 and all(np.isfinite(history["loss"]))
     probs = model.predict(np.zeros((2, 64, 64, 3), np.float32), verbose=0)
     assert probs.shape == (2, 3) and np.allclose(probs.sum(1), 1, atol=1e-5)
+
+
+@pytest.mark.parametrize("real_share, real_mask_incorrect_weight", [(0.0, 1.0), (0.5, 2.5), (0.1, 1.0)])
+def test_face_weights_give_real_photos_their_share_of_a_class(real_share, real_mask_incorrect_weight):
+    from types import SimpleNamespace
+
+    from training.datasets import CHANDRIKA, IMFD, KAGGLE, MASKON
+    from training.fit import face_weights
+    from training.recipe import Recipe
+
+    # with_mask: 4 photos; mask_incorrect: 1 photo + 4 synthetic; without_mask: 2 photos.
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 2, 2])
+    sources = np.array([KAGGLE, KAGGLE, CHANDRIKA, CHANDRIKA, KAGGLE, MASKON, MASKON, IMFD, IMFD,
+                        KAGGLE, CHANDRIKA])
+    weights = face_weights(SimpleNamespace(labels=labels, sources=sources),
+                           Recipe(balance="none", real_share=real_share))
+    class_totals = [weights[labels == c].sum() for c in range(3)]
+    assert class_totals == pytest.approx([4, 5, 2])  # the class balance is left as it was
+    # real_share 0.1: the photo already holds 1/5 of its class's weight, so nothing moves.
+    assert weights[4] == pytest.approx(real_mask_incorrect_weight)
+    assert weights[labels != 1] == pytest.approx(1.0)
+
+    balanced = face_weights(SimpleNamespace(labels=labels, sources=sources), Recipe(real_share=real_share))
+    assert [balanced[labels == c].sum() for c in range(3)] == pytest.approx([11 / 3] * 3)

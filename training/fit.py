@@ -18,12 +18,14 @@ from typing import Callable
 import keras
 import numpy as np
 
+from training.datasets import IMFD, MASKON
 from training.faces import FaceSet, augmented_batch
 from training.recipe import Recipe
 from webapp.vision.classifier import LABELS_FILE, MODEL_FILE
 from webapp.vision.labels import LABELS
 
 KERAS_FILE = "mask_classifier.keras"
+SYNTHETIC_SOURCES = (MASKON, IMFD)  # MaskedFace-Net: masks drawn onto FFHQ portraits
 
 
 def install_offline_weights(weights_dir: Path | None) -> None:
@@ -69,7 +71,6 @@ def fit_classifier(faces: FaceSet, recipe: Recipe, on_epoch: EpochHook | None = 
     keras.utils.set_random_seed(recipe.seed)
     model, backbone = build_classifier(recipe)
     batches = TrainBatches(faces, recipe)
-    class_weight = class_weights(faces.labels) if recipe.balance == "class_weight" else None
     callbacks = [EpochScores(on_epoch)] if on_epoch else []
 
     def compile_(lr: float) -> None:
@@ -83,7 +84,7 @@ def fit_classifier(faces: FaceSet, recipe: Recipe, on_epoch: EpochHook | None = 
 
     backbone.trainable = False
     compile_(recipe.head_lr)
-    head = model.fit(batches, epochs=recipe.head_epochs, class_weight=class_weight, callbacks=callbacks,
+    head = model.fit(batches, epochs=recipe.head_epochs, callbacks=callbacks,
                      verbose=2)
 
     backbone.trainable = True
@@ -94,7 +95,7 @@ def fit_classifier(faces: FaceSet, recipe: Recipe, on_epoch: EpochHook | None = 
             layer.trainable = False
     compile_(recipe.finetune_lr)
     fine = model.fit(batches, epochs=recipe.head_epochs + recipe.finetune_epochs,
-                     initial_epoch=recipe.head_epochs, class_weight=class_weight, callbacks=callbacks,
+                     initial_epoch=recipe.head_epochs, callbacks=callbacks,
                      verbose=2)
     history = {k: [float(v) for v in head.history.get(k, []) + fine.history.get(k, [])]
                for k in fine.history}
@@ -109,14 +110,40 @@ def class_weights(labels: np.ndarray) -> dict[int, float]:
     return {i: float(w) for i, w in enumerate(weights)}
 
 
+def face_weights(faces: FaceSet, recipe: Recipe) -> np.ndarray:
+    """Each face's weight in the loss: its class weight (``balance="class_weight"``), and with
+    ``recipe.real_share`` real photographs given at least that share of their class's weight.
+
+    Most ``mask_incorrect`` faces are synthetic (MaskedFace-Net draws a mask onto a studio
+    portrait), only ~16 % are street photos, yet the photos are what the product sees; the
+    reweighting moves weight from the synthetic faces of a class to its photos, keeping the
+    class's total, so the class balance is unchanged.
+    """
+    labels = faces.labels
+    weights = np.ones(len(labels))
+    if recipe.balance == "class_weight":
+        weights = np.array([class_weights(labels)[c] for c in range(len(LABELS))])[labels]
+    if recipe.real_share > 0:
+        synthetic = np.isin(faces.sources, SYNTHETIC_SOURCES)
+        for c in range(len(LABELS)):
+            real, synth = (labels == c) & ~synthetic, (labels == c) & synthetic
+            total, real_total = weights[labels == c].sum(), weights[real].sum()
+            if real.any() and synth.any() and real_total < recipe.real_share * total:
+                weights[synth] *= (1 - recipe.real_share) * total / weights[synth].sum()
+                weights[real] *= recipe.real_share * total / real_total
+    return weights.astype(np.float32)
+
+
 class TrainBatches(keras.utils.PyDataset):
-    """Augmented batches with one-hot targets; with ``balance="sampling"`` every class is drawn
-    equally often. Each (epoch, batch) has its own random generator, so a run is reproducible."""
+    """Augmented batches with one-hot targets and per-face loss weights (``face_weights``);
+    with ``balance="sampling"`` every class is drawn equally often. Each (epoch, batch) has its
+    own random generator, so a run is reproducible."""
 
     def __init__(self, faces: FaceSet, recipe: Recipe) -> None:
         super().__init__()
         self.faces, self.recipe = faces, recipe
         self.labels = faces.labels
+        self.weights = face_weights(faces, recipe)
         self.steps = int(np.ceil(len(faces) / recipe.batch_size))
         self.epoch = 0
         self.by_class = [np.flatnonzero(self.labels == c) for c in range(len(LABELS))]
@@ -134,12 +161,12 @@ class TrainBatches(keras.utils.PyDataset):
     def __len__(self) -> int:
         return self.steps
 
-    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         r = self.recipe
         idx = self._order[i * r.batch_size:(i + 1) * r.batch_size]
         rng = np.random.default_rng((r.seed, self.epoch, i))
         x = augmented_batch(self.faces, idx, r.size, r.margin, rng, occlusion=r.occlusion)
-        return x, np.eye(len(LABELS), dtype=np.float32)[self.labels[idx]]
+        return x, np.eye(len(LABELS), dtype=np.float32)[self.labels[idx]], self.weights[idx]
 
     def on_epoch_end(self) -> None:
         self.epoch += 1

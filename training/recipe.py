@@ -20,6 +20,7 @@ class Recipe:
     size: int = 224
     margin: float = DEFAULT_MARGIN
     balance: str = "class_weight"  # or "sampling" or "none"
+    real_share: float = 0.0  # 0: off; else the least share of each class's loss weight held by real photos
     label_smoothing: float = 0.1
     focal_gamma: float = 0.0  # 0: cross-entropy; > 0: focal loss, easy faces weigh (1 - p)^gamma less
     occlusion: float = 0.3  # probability of a synthetic hand over the mouth of an unmasked face
