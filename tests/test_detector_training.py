@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from training.detector_data import CropSampler, Scene, grid_targets
-from training.detector_report import STILL_SIDES, best_side, operating_point
+from training.detector_report import STILL_PASSES, best_point, operating_point
 from webapp.vision.trained_detector import DETECTOR_CONTRACT, DETECTOR_FILE, TrainedDetector
 
 
@@ -95,7 +95,8 @@ def test_tiny_detector_training_run_exports_resumes_and_serves(data_dir, tmp_pat
     assert train_detector.main(common + ["--steps", "4", "--resume"]) == 0
     log = (work / "train_log.csv").read_text().splitlines()
     assert log[0].startswith("step,") and log[-1].startswith("4,")
-    for name in (DETECTOR_FILE, DETECTOR_CONTRACT, "detector_metrics.json", "detector_curves.png", "MODEL_CARD.md"):
+    for name in (DETECTOR_FILE, DETECTOR_CONTRACT, "detector_metrics.json", "detector_curves.png",
+                 "detector_operating_point.png", "MODEL_CARD.md"):
         assert (out / name).stat().st_size > 0, name
     metrics = json.loads((out / "detector_metrics.json").read_text())
     assert metrics["run"]["steps"] == 4 and metrics["tuning"]["curve"]
@@ -103,11 +104,21 @@ def test_tiny_detector_training_run_exports_resumes_and_serves(data_dir, tmp_pat
     detector = TrainedDetector(out)
     assert detector.threshold == metrics["tuning"]["threshold"]
     assert detector.still_side == metrics["tuning"]["still_side"]
-    assert [p["still_side"] for p in metrics["tuning"]["sides"]] == list(STILL_SIDES)
+    assert detector.still_mirror == metrics["tuning"]["still_mirror"]
+    assert [(p["still_side"], p["still_mirror"]) for p in metrics["tuning"]["sides"]] == list(STILL_PASSES)
     for tiles in (True, False):
         found = detector.detect(np.zeros((240, 320, 3), np.uint8), tiles=tiles)
         assert all(0 <= d.score <= 1 for d in found)
     assert "python -m training.train_detector" in (out / "MODEL_CARD.md").read_text()
+
+    # choosing the operating point again keeps the training record and adds the command to it
+    assert train_detector.main(common + ["--retune"]) == 0
+    retuned = json.loads((out / "detector_metrics.json").read_text())
+    assert retuned["run"]["commands"][:-1] == metrics["run"]["commands"]
+    assert retuned["run"]["commands"][-1].endswith("--retune")
+    assert retuned["run"]["train_seconds"] == metrics["run"]["train_seconds"]
+    with pytest.raises(SystemExit, match="train one first"):
+        train_detector.main(["--data", str(data_dir), "--out", str(tmp_path / "empty"), "--retune"])
 
 
 def row(threshold: float, precision: float, recall: float) -> dict[str, float]:
@@ -131,11 +142,23 @@ def row(threshold: float, precision: float, recall: float) -> dict[str, float]:
     # no side reaches it: the most precise point
     ({512: [row(0.5, 0.80, 0.9), row(0.7, 0.85, 0.7)], 640: [row(0.5, 0.70, 0.95)]}, {512: 1.0, 640: 1.0},
      512, 0.7),
+    # (side, True): the pass also looks at the mirror image, twice the pixels of the side alone;
+    # it wins where it gains more than the slack over every cheaper pass meeting the targets
+    ({512: [row(0.5, 0.94, 0.843)], 640: [row(0.5, 0.94, 0.866)], 768: [row(0.55, 0.94, 0.845)],
+      (512, True): [row(0.45, 0.934, 0.872)]}, {512: 1.04, 640: 1.054, 768: 1.04, (512, True): 1.03},
+     (512, True), 0.45),
+    # ... but not over a cheaper larger side within the slack
+    ({512: [row(0.5, 0.94, 0.843)], 640: [row(0.5, 0.94, 0.866)], (512, True): [row(0.45, 0.934, 0.872)]},
+     {512: 1.0, 640: 1.0, (512, True): 1.0}, 640, 0.5),
 ])
 def test_operating_point_is_chosen_by_the_rule(curves, closeups, side, threshold):
-    points = [{"still_side": s, **operating_point(c), "closeup_detections": closeups[s]} for s, c in curves.items()]
-    chosen = best_side(points)
-    assert (chosen["still_side"], chosen["threshold"]) == (side, threshold)
+    def thorough_pass(key):  # a bare side looks at the frame only
+        return (key, False) if isinstance(key, int) else key
+
+    points = [{"still_side": thorough_pass(k)[0], "still_mirror": thorough_pass(k)[1], **operating_point(c),
+               "closeup_detections": closeups[k]} for k, c in curves.items()]
+    chosen = best_point(points)
+    assert ((chosen["still_side"], chosen["still_mirror"]), chosen["threshold"]) == (thorough_pass(side), threshold)
 
 
 def test_threshold_matching_counts_a_second_box_on_one_face_as_false():

@@ -57,3 +57,22 @@ def test_no_box_on_hands_or_bodies_in_maksssksksss2(detector, data_dir):
     assert sorted(overlap.argmax(1).tolist()) == [0, 1, 2, 3]
     hands = (325, 75, 385, 112)  # the right-hand woman's hands and phone, below her face
     assert not any(b[0] < hands[2] and b[2] > hands[0] and b[1] < hands[3] and b[3] > hands[1] for b in boxes)
+
+
+def test_mirrored_thorough_pass_sees_a_mirrored_image_the_same_way(model_dir, data_dir):
+    """Fusing the two looks is symmetric: the mirror image of a frame gives the mirrored boxes
+    with the same scores, and ``detect`` keeps exactly the fused faces above the threshold."""
+    detector = TrainedDetector(model_dir, still_mirror=True)
+    _, val = split_by_image(load_dataset(KAGGLE, data_dir), 0.25, 1234)
+    image = read_rgb(next(s for s in val if s.path.stem == "maksssksksss2").path)
+    w = image.shape[1]
+    fused = sorted(detector.mirrored_detections(image), key=lambda d: d.score)
+    seen_mirrored = sorted(detector.mirrored_detections(np.ascontiguousarray(image[:, ::-1])), key=lambda d: d.score)
+    assert len(fused) >= 4 and len(fused) == len(seen_mirrored)
+    for d, m in zip(fused, seen_mirrored):
+        assert m.score == pytest.approx(d.score, abs=1e-6)
+        assert (w - m.box[2], m.box[1], w - m.box[0], m.box[3]) == pytest.approx(d.box, abs=1e-3)
+    assert all(0.05 <= d.score <= 1 for d in fused)  # a face one look misses keeps half the floor there
+    assert detector.detect(image) == [d for d in detector.mirrored_detections(image) if d.score >= detector.threshold]
+    one_look = TrainedDetector(model_dir, still_mirror=False)
+    assert detector.detect(image, tiles=False) == one_look.detect(image, tiles=False)  # live: one look

@@ -29,6 +29,9 @@ TARGET_PRECISION = 0.93
 # Long sides tried for the thorough pass: a larger one finds smaller faces and costs more
 # (~31 / 43 / 60 ms at 512 / 640 / 768 px on one core).
 STILL_SIDES = (512, 640, 768)
+# Thorough passes tried: each side, looking at the frame only or also at its mirror image (twice
+# the cost: ``TrainedDetector.mirrored_detections``).
+STILL_PASSES = tuple((side, mirror) for mirror in (False, True) for side in STILL_SIDES)
 # Detections per close-up image allowed at the operating point (one face each; issue 8 asks for
 # <= 1.05 on maskedfacenet-maskon), measured on the close-ups the detector trained with.
 MAX_CLOSEUP_DETECTIONS = 1.05
@@ -36,6 +39,8 @@ MAX_CLOSEUP_DETECTIONS = 1.05
 SIDE_RECALL_SLACK = 0.01
 THRESHOLDS = np.round(np.arange(0.20, 0.96, 0.05), 2)
 METRICS_FILE = "detector_metrics.json"
+LOSS_PLOT = "detector_curves.png"
+OPERATING_POINT_PLOT = "detector_operating_point.png"
 EVAL_FILES = "detector_eval*.json"  # python -m training.evaluate ... --json model/detector_eval_<set>.json
 
 
@@ -75,19 +80,22 @@ def _match(m: np.ndarray, scores: np.ndarray) -> np.ndarray:
 
 def precision_recall(detector: TrainedDetector, samples: Sequence[Sample],
                      thresholds: Sequence[float] = THRESHOLDS) -> list[dict[str, float]]:
-    """Precision and recall of the served detector (as ``detect`` merges) at each threshold."""
+    """Precision and recall of the served detector (as ``detect`` thresholds and merges) at each threshold."""
     lowest = float(min(thresholds))
     cached = []
     for sample in tqdm(samples, desc="threshold", unit="img", leave=False):
         image = read_rgb(sample.path)
-        raw = detector.raw_detections(image, tiles=True, threshold=lowest)
+        found = (detector.mirrored_detections(image) if detector.still_mirror
+                 else detector.raw_detections(image, tiles=True, threshold=lowest))
         truth = np.array([f.box for f in sample.faces], np.float32).reshape(-1, 4)
-        cached.append((raw, truth, image.shape[1], image.shape[0]))
+        cached.append((found, truth, image.shape[1], image.shape[0]))
     rows = []
     for t in thresholds:
         tp = n_det = found = n_true = 0
-        for raw, truth, w, h in cached:
-            merged = detector.merge([d for d in raw if d.score >= t], w, h)
+        for candidates, truth, w, h in cached:
+            kept = [d for d in candidates if d.score >= t]
+            # a mirrored pass thresholds its merged, fused faces; a plain one merges what passes
+            merged = kept if detector.still_mirror else detector.merge(kept, w, h)
             boxes = np.array([d.box for d in merged], np.float32).reshape(-1, 4)
             m = iou_matrix(boxes, truth)
             tp += int(_match(m, np.array([d.score for d in merged], np.float32)).sum())
@@ -111,16 +119,21 @@ def meets_targets(point: dict[str, Any]) -> bool:
     return point["meets_precision"] and point["closeup_detections"] <= MAX_CLOSEUP_DETECTIONS
 
 
-def best_side(points: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Of one operating point per thorough-pass side: among those meeting both targets the
-    smallest side whose recall is within ``SIDE_RECALL_SLACK`` of the best (a larger side costs
-    every still image and every live thorough pass its extra pixels, and the tune set cannot
-    tell a few faces apart); if none meets them, the highest precision."""
+def pass_cost(point: dict[str, Any]) -> float:
+    """Pixels the model looks at in a thorough pass, relative to one look at 512 px."""
+    return (point["still_side"] / 512) ** 2 * (2 if point.get("still_mirror") else 1)
+
+
+def best_point(points: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Of one operating point per thorough pass (side, mirrored or not): among those meeting both
+    targets the cheapest whose recall is within ``SIDE_RECALL_SLACK`` of the best (a costlier pass
+    slows every still image and every live thorough pass, and the tune set cannot tell a few
+    faces apart); if none meets them, the highest precision."""
     meeting = [p for p in points if meets_targets(p)]
     if not meeting:
-        return max(points, key=lambda p: (p["precision"], -p["still_side"]))
+        return max(points, key=lambda p: (p["precision"], -pass_cost(p)))
     best = max(p["recall"] for p in meeting)
-    return min((p for p in meeting if p["recall"] >= best - SIDE_RECALL_SLACK), key=lambda p: p["still_side"])
+    return min((p for p in meeting if p["recall"] >= best - SIDE_RECALL_SLACK), key=pass_cost)
 
 
 def closeup_detections(detector: TrainedDetector, closeups: Sequence[Sample]) -> float:
@@ -130,29 +143,37 @@ def closeup_detections(detector: TrainedDetector, closeups: Sequence[Sample]) ->
 
 
 def choose_operating_point(out: Path, tune: Sequence[Sample], closeups: Sequence[Sample], threads: int = 2,
-                           sides: Sequence[int] = STILL_SIDES, closeups_trained_on: bool = True) -> dict[str, Any]:
-    """Set the contract's thorough-pass side and threshold from the tune images and the close-ups;
-    return the tables."""
-    curves, points = {}, []
-    for side in sides:
-        curves[side] = precision_recall(TrainedDetector(out, threads, still_side=side), tune)
-        point = {"still_side": side, **operating_point(curves[side])}
-        at_point = TrainedDetector(out, threads, threshold=point["threshold"], still_side=side)
-        points.append({**point, "closeup_detections": closeup_detections(at_point, closeups)})
-    chosen = best_side(points)
+                           passes: Sequence[tuple[int, bool]] = STILL_PASSES, closeups_trained_on: bool = True
+                           ) -> dict[str, Any]:
+    """Set the contract's thorough pass (side, mirrored or not) and threshold from the tune images
+    and the close-ups; return the tables."""
+    points = []
+    for side, mirror in tqdm(passes, desc="thorough passes", unit="pass"):
+        curve = precision_recall(TrainedDetector(out, threads, still_side=side, still_mirror=mirror), tune)
+        point = {"still_side": side, "still_mirror": mirror, **operating_point(curve)}
+        at_point = TrainedDetector(out, threads, threshold=point["threshold"], still_side=side, still_mirror=mirror)
+        points.append({**point, "closeup_detections": closeup_detections(at_point, closeups), "curve": curve})
+    best = best_point(points)
+    chosen = {k: v for k, v in best.items() if k != "curve"}
     contract = json.loads((out / DETECTOR_CONTRACT).read_text())
-    contract["threshold"], contract["still_side"] = chosen["threshold"], chosen["still_side"]
+    contract.update({k: chosen[k] for k in ("threshold", "still_side", "still_mirror")})
     (out / DETECTOR_CONTRACT).write_text(json.dumps(contract, indent=2) + "\n")
-    return {**chosen, "curve": curves[chosen["still_side"]], "sides": points,
+    return {**chosen, "curve": best["curve"], "sides": points,
             "target_precision": TARGET_PRECISION, "max_closeup_detections": MAX_CLOSEUP_DETECTIONS,
             "tune_images": len(tune), "tune_faces": sum(len(s.faces) for s in tune), "closeup_images": len(closeups),
             "closeups_trained_on": closeups_trained_on}
 
 
-def write_detector_card(out: Path, run: dict[str, Any], tuning: dict[str, Any], log_path: Path) -> None:
-    """Record the run and plots in ``out``, then re-render MODEL_CARD.md with the detector section."""
+def write_detector_card(out: Path, run: dict[str, Any], tuning: dict[str, Any], log_path: Path | None) -> None:
+    """Record the run and plots in ``out``, then re-render MODEL_CARD.md with the detector section.
+
+    ``log_path`` (the training loss log) is None when only the operating point was chosen again
+    (``train_detector --retune``): the training plot then stays as it is.
+    """
     (out / METRICS_FILE).write_text(json.dumps({"run": run, "tuning": tuning}, indent=2) + "\n")
-    _plots(out, tuning["curve"], log_path)
+    if log_path is not None:
+        _loss_plot(out, log_path)
+    _operating_point_plot(out, tuning)
     from training.report import write_model_card
 
     if (out / "metrics.json").exists():
@@ -161,15 +182,20 @@ def write_detector_card(out: Path, run: dict[str, Any], tuning: dict[str, Any], 
         (out / "MODEL_CARD.md").write_text("\n".join(detector_card_lines(out)) + "\n")
 
 
-def _plots(out: Path, curve: list[dict[str, float]], log_path: Path) -> None:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _loss_plot(out: Path, log_path: Path) -> None:
+    plt = _pyplot()
     with open(log_path, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, a = plt.subplots(figsize=(5, 4))
     steps = [int(r["step"]) for r in rows]
     for key, label in (("score_loss", "score (focal)"), ("box_loss", "box (L1 / face size)")):
         values = np.array([float(r[key]) for r in rows])
@@ -179,16 +205,37 @@ def _plots(out: Path, curve: list[dict[str, float]], log_path: Path) -> None:
     a.set_ylabel("training loss (10-point mean)")
     a.legend()
     a.set_title("detector training")
-    b.plot([r["recall"] for r in curve], [r["precision"] for r in curve], marker="o")
-    for r in curve[::3]:
+    fig.tight_layout()
+    fig.savefig(out / LOSS_PLOT, dpi=110)
+    plt.close(fig)
+
+
+def _operating_point_plot(out: Path, tuning: dict[str, Any]) -> None:
+    plt = _pyplot()
+    fig, b = plt.subplots(figsize=(6, 4.5))
+    for p in tuning["sides"]:
+        chosen = _same_pass(p, tuning)
+        b.plot([r["recall"] for r in p["curve"]], [r["precision"] for r in p["curve"]], marker="o", markersize=3,
+               linewidth=2.5 if chosen else 1, label=_pass_name(p) + (" (chosen)" if chosen else ""))
+    for r in tuning["curve"][::3]:
         b.annotate(f"{r['threshold']:.2f}", (r["recall"], r["precision"]), fontsize=7)
+    b.axhline(tuning["target_precision"], color="grey", linestyle=":", linewidth=1)
     b.set_xlabel("recall (IoU ≥ 0.4)")
     b.set_ylabel("precision")
-    b.set_title("tune images: precision-recall by threshold")
+    b.set_title("tune images: precision-recall by threshold, per thorough pass")
+    b.legend(fontsize=7)
     b.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out / "detector_curves.png", dpi=110)
+    fig.savefig(out / OPERATING_POINT_PLOT, dpi=110)
     plt.close(fig)
+
+
+def _same_pass(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return (a["still_side"], a.get("still_mirror", False)) == (b["still_side"], b.get("still_mirror", False))
+
+
+def _pass_name(p: dict[str, Any]) -> str:
+    return f"{p['still_side']} px" + (" + mirror image" if p.get("still_mirror") else "")
 
 
 def detector_card_lines(out: Path) -> list[str]:
@@ -204,7 +251,9 @@ def detector_card_lines(out: Path) -> list[str]:
          f"Finds faces, masked or not, in a whole frame: `{DETECTOR_FILE}` (fp32, any input size) run by "
          "LiteRT in `webapp/vision/trained_detector.py` (`--detector trained`). " + contract["architecture"] + ".",
          f"- Input: {contract['input']}. The thorough pass (still images, and a live camera's frame every "
-         f"{Settings().thorough_every_s:g} s by default) runs the frame at {contract['still_side']} px and a "
+         f"{Settings().thorough_every_s:g} s by default) runs the frame at {contract['still_side']} px"
+         + (" (twice: the frame and its mirror image, each face scored by the mean of the two looks)"
+            if contract.get("still_mirror") else "") + " and a "
          f"coarse copy at {contract['coarse_side']} px: faces "
          f"at least {contract['coarse_min_face']} px long on the coarse copy come from it, smaller ones from the "
          "full-resolution copy (close-ups larger than the model's receptive field otherwise also gave half-face "
@@ -231,29 +280,32 @@ def detector_card_lines(out: Path) -> list[str]:
          "chandrikadeb7 has no boxes.",
          f"- Which data chose what: training used the fit images only; the operating point was chosen on the "
          f"{tuning['tune_images']} tune images ({tuning['tune_faces']} faces; kaggle-facemask training split, held "
-         "out of detector training): for each thorough-pass side the lowest threshold with precision ≥ "
+         "out of detector training): for each thorough pass (side; the frame alone or also its mirror image) "
+         "the lowest threshold with precision ≥ "
          f"{tuning['target_precision']}, then, of the sides giving at most {MAX_CLOSEUP_DETECTIONS} detections per "
          f"image on the {tuning['closeup_images']} maskedfacenet-maskon close-ups "
          + ("the detector trained with" if tuning.get("closeups_trained_on", True)
-            else "of its training split held out of training") + ", the smallest whose recall is within "
-         f"{SIDE_RECALL_SLACK} of the highest (a larger side costs every still image and live thorough pass); "
+            else "of its training split held out of training") + ", the cheapest (pixels looked at) whose recall "
+         f"is within {SIDE_RECALL_SLACK} of the highest (a costlier pass slows every still image and live "
+         "thorough pass); "
          "the validation split is used only for the results below.",
          f"- Versions: TensorFlow {run['tensorflow']}, Keras {run['keras']}. Training took "
          f"{run['train_seconds'] / 60:.0f} min of training steps on the 2-core CPU; loading the data, export and "
          f"the threshold took {run['other_seconds']:.0f} s more.",
          "", "## Operating point (tune images)", ""]
-    L += ["| thorough-pass side | threshold | tune precision | tune recall | tune detections | "
+    L += ["| thorough pass | threshold | tune precision | tune recall | tune detections | "
           "detections per close-up |", "|---|---|---|---|---|---|"]
     for p in tuning["sides"]:
-        mark = " ← chosen" if p["still_side"] == contract["still_side"] else ""
-        L.append(f"| {p['still_side']} px{mark} | {p['threshold']:.2f} | {p['precision']:.3f} | "
+        mark = " ← chosen" if _same_pass(p, contract) else ""
+        L.append(f"| {_pass_name(p)}{mark} | {p['threshold']:.2f} | {p['precision']:.3f} | "
                  f"{p['recall']:.3f} | {p['detections']} | {p['closeup_detections']:.3f} |")
-    L += ["", f"At {contract['still_side']} px:", ""]
+    L += ["", f"At {_pass_name(contract)}:", ""]
     L += ["| threshold | precision | recall | detections |", "|---|---|---|---|"]
     for r in tuning["curve"]:
         mark = " ← chosen" if r["threshold"] == contract["threshold"] else ""
         L.append(f"| {r['threshold']:.2f}{mark} | {r['precision']:.3f} | {r['recall']:.3f} | {r['detections']} |")
-    L += ["", "![training loss and precision-recall curve](detector_curves.png)", ""]
+    L += ["", f"![precision-recall of every thorough pass on the tune images]({OPERATING_POINT_PLOT})", "",
+          f"![detector training]({LOSS_PLOT})", ""]
     for eval_path in sorted(out.glob(EVAL_FILES)):
         L += _evaluation_lines(json.loads(eval_path.read_text()))
     return L

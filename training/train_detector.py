@@ -6,6 +6,7 @@ Reads top to bottom like a Keras example: data, model, loss, training loop (chec
     python -m training.train_detector                     # the shipped detector (model/)
     python -m training.train_detector --steps 40 --out runs/tiny   # a smoke run
     python -m training.train_detector --resume            # continue an interrupted run
+    python -m training.train_detector --retune            # only choose the operating point again
 
 Which data chose what: the model trains on the kaggle-facemask *fit* images (the classifier's
 training split minus a tune split) plus maskedfacenet-maskon training close-ups pasted into
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import logging
 import os
 import sys
@@ -67,6 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint-every", type=int, default=200)
     p.add_argument("--limit-images", type=int, help="use only this many images per dataset (smoke tests)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --work")
+    p.add_argument("--retune", action="store_true",
+                   help="only choose the operating point again for the detector already in --out (no training)")
     p.add_argument("--seed", type=int, default=1234)
     return p.parse_args(argv)
 
@@ -91,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = Settings.load({"data_dir": args.data}).data_dir
     if args.crop % DIVISOR:
         raise SystemExit(f"--crop must be a multiple of {DIVISOR}")
+
+    if args.retune:
+        return retune(args.out, data_dir, args.limit_images, argv)
 
     # --- Data: the split is by source image; near-duplicates share a group -------------------
     fit, tune, closeups = detector_splits(data_dir, args.limit_images)
@@ -188,6 +195,30 @@ def main(argv: list[str] | None = None) -> int:
     write_detector_card(args.out, run, tuning, log_path)
     log.info("wrote %s (side %d, threshold %.2f: tune precision %.3f, recall %.3f) in %.0f s", args.out,
              tuning["still_side"], tuning["threshold"], tuning["precision"], tuning["recall"], time.time() - started)
+    return 0
+
+
+def retune(out: Path, data_dir: Path, limit: int | None, argv: list[str] | None) -> int:
+    """Choose the thorough pass and threshold again for the detector in ``out``, on the same tune
+    images and close-ups as its training run, when the choices offered change (e.g. the mirrored
+    pass); the training record stays and the command joins its list."""
+    from training.detector_report import METRICS_FILE, choose_operating_point, write_detector_card
+
+    if not (out / METRICS_FILE).is_file():
+        raise SystemExit(f"no trained detector in {out} (its {METRICS_FILE} is missing): train one first")
+    run = json.loads((out / METRICS_FILE).read_text())["run"]
+    _, tune, closeups = detector_splits(data_dir, limit)
+    fraction = run.get("closeup_tune_fraction", 0.0)
+    closeup_tune = split_by_image(closeups, fraction, SPLIT_SEED + 1)[1] if fraction else closeups
+    started = time.time()
+    tuning = choose_operating_point(out, tune, closeup_tune, closeups_trained_on=not fraction)
+    run["commands"] = run["commands"] + ["python -m training.train_detector "
+                                         + " ".join(sys.argv[1:] if argv is None else argv)]
+    run["retune_seconds"] = round(time.time() - started, 1)
+    write_detector_card(out, run, tuning, log_path=None)
+    log.info("%s: thorough pass %d px%s, threshold %.2f (tune precision %.3f, recall %.3f) in %.0f s", out,
+             tuning["still_side"], " + mirror image" if tuning["still_mirror"] else "", tuning["threshold"],
+             tuning["precision"], tuning["recall"], time.time() - started)
     return 0
 
 

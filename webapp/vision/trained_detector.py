@@ -9,7 +9,9 @@ there and how large it is. Large faces (close-ups) are taken from a coarse copy
 annotators' convention (the training targets), so no box correction is needed.
 
 Everything the served code needs to know about the file (sizes, threshold, preprocessing) is
-in ``face_detector.json`` next to it, written by the training code.
+in ``face_detector.json`` next to it, written by the training code. With ``still_mirror`` the
+thorough pass also looks at the mirror image of the frame and scores each face by the mean of
+the two looks (``mirrored_detections``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from webapp.vision.boxes import Detection, clip_detection, weighted_nms
+from webapp.vision.boxes import Detection, clip_detection, iou_matrix, weighted_nms
 from webapp.vision.detector import DetectorUnavailable
 from webapp.vision.litert import load_interpreter
 from webapp.vision.scaling import scale_to
@@ -30,18 +32,41 @@ from webapp.vision.scaling import scale_to
 DETECTOR_FILE = "face_detector.tflite"
 DETECTOR_CONTRACT = "face_detector.json"
 MAX_SHAPES = 6  # interpreters kept (frame sizes x passes); a camera sends one frame size
+# A mirrored thorough pass keeps each look's detections down to this score before fusing them; a
+# face one look does not find at all counts half of it there.
+MIRROR_FLOOR = 0.1
+MIRROR_MATCH_IOU = 0.5  # the two looks' boxes of one face overlap at least this much
+
+
+def match_looks(a: list[Detection], b: list[Detection]) -> dict[int, int]:
+    """Pairs (index in ``a`` -> index in ``b``) of boxes of one face seen in two looks: greedy by
+    IoU, each box in at most one pair, IoU at least ``MIRROR_MATCH_IOU``."""
+    if not a or not b:
+        return {}
+    iou = iou_matrix(np.array([d.box for d in a], np.float32), np.array([d.box for d in b], np.float32))
+    pairs: dict[int, int] = {}
+    taken: set[int] = set()
+    for flat in np.argsort(-iou, axis=None):
+        i, j = divmod(int(flat), len(b))
+        if iou[i, j] < MIRROR_MATCH_IOU:
+            break
+        if i not in pairs and j not in taken:
+            pairs[i] = j
+            taken.add(j)
+    return pairs
 
 
 class TrainedDetector:
     """Grid face detector on whole frames; ``tiles=False`` runs only the cheap live pass.
 
-    ``threshold`` and ``still_side`` override the contract's (the training code tries several).
+    ``threshold``, ``still_side`` and ``still_mirror`` override the contract's (the training code
+    tries several).
     """
 
     name = "trained"
 
     def __init__(self, model_dir: Path, threads: int = 1, threshold: float | None = None,
-                 still_side: int | None = None) -> None:
+                 still_side: int | None = None, still_mirror: bool | None = None) -> None:
         contract_path = Path(model_dir) / DETECTOR_CONTRACT
         model_path = Path(model_dir) / DETECTOR_FILE
         if not contract_path.is_file() or not model_path.is_file():
@@ -54,6 +79,7 @@ class TrainedDetector:
         self.threshold = float(self.contract["threshold"] if threshold is None else threshold)
         self.nms_iou = float(self.contract["nms_iou"])
         self.still_side = int(self.contract["still_side"] if still_side is None else still_side)
+        self.still_mirror = bool(self.contract.get("still_mirror", False) if still_mirror is None else still_mirror)
         self.live_side = int(self.contract["live_side"])
         self.coarse_side = int(self.contract["coarse_side"])
         self.coarse_min_face = float(self.contract["coarse_min_face"])
@@ -72,7 +98,38 @@ class TrainedDetector:
 
     def detect(self, image: np.ndarray, tiles: bool = True) -> list[Detection]:
         """Faces in an HxWx3 uint8 RGB image, merged over the passes by weighted NMS."""
+        if tiles and self.still_mirror:
+            return [d for d in self.mirrored_detections(image) if d.score >= self.threshold]
         return self.merge(self.raw_detections(image, tiles), image.shape[1], image.shape[0])
+
+    def mirrored_detections(self, image: np.ndarray) -> list[Detection]:
+        """The thorough pass on the frame and on its mirror image, with no threshold applied yet:
+        each look merged on its own, a face seen in both looks scored by the mean of the two
+        scores (``MIRROR_FLOOR`` / 2 stands in for a look that missed it), then merged once more.
+
+        A face is a face from either side, while a texture that fires in one look only (a badge,
+        an ear, leaves) is damped: on the tune images the mean scores separate faces from the rest
+        better than one look does (model card, "Operating point").
+        """
+        h, w = image.shape[:2]
+        plain = self.merge(self.raw_detections(image, True, MIRROR_FLOOR), w, h)
+        mirrored = self.merge([Detection((w - d.box[2], d.box[1], w - d.box[0], d.box[3]), d.score) for d in
+                               self.raw_detections(np.ascontiguousarray(image[:, ::-1]), True, MIRROR_FLOOR)], w, h)
+        partner_of = match_looks(plain, mirrored)
+        missing = MIRROR_FLOOR / 2
+        fused = []
+        for i, d in enumerate(plain):
+            j = partner_of.get(i)
+            if j is None:
+                fused.append(Detection(d.box, (d.score + missing) / 2))
+                continue
+            o = mirrored[j]
+            weights = np.array([d.score, o.score])[:, None]
+            box = (np.array([d.box, o.box]) * weights).sum(0) / weights.sum()
+            fused.append(Detection(tuple(float(v) for v in box), (d.score + o.score) / 2))
+        matched = set(partner_of.values())
+        fused += [Detection(o.box, (o.score + missing) / 2) for j, o in enumerate(mirrored) if j not in matched]
+        return self.merge(fused, w, h)
 
     def raw_detections(self, image: np.ndarray, tiles: bool = True, threshold: float | None = None
                        ) -> list[Detection]:
