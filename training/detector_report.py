@@ -41,6 +41,7 @@ THRESHOLDS = np.round(np.arange(0.20, 0.96, 0.05), 2)
 METRICS_FILE = "detector_metrics.json"
 LOSS_PLOT = "detector_curves.png"
 OPERATING_POINT_PLOT = "detector_operating_point.png"
+PLOT_MIN_RECALL = 0.6
 EVAL_FILES = "detector_eval*.json"  # python -m training.evaluate ... --json model/detector_eval_<set>.json
 
 
@@ -217,10 +218,12 @@ def _operating_point_plot(out: Path, tuning: dict[str, Any]) -> None:
         chosen = _same_pass(p, tuning)
         b.plot([r["recall"] for r in p["curve"]], [r["precision"] for r in p["curve"]], marker="o", markersize=3,
                linewidth=2.5 if chosen else 1, label=_pass_name(p) + (" (chosen)" if chosen else ""))
-    for r in tuning["curve"][::3]:
-        b.annotate(f"{r['threshold']:.2f}", (r["recall"], r["precision"]), fontsize=7)
+    for r in tuning["curve"]:
+        if r["recall"] >= PLOT_MIN_RECALL:
+            b.annotate(f"{r['threshold']:.2f}", (r["recall"], r["precision"]), fontsize=7)
     b.axhline(tuning["target_precision"], color="grey", linestyle=":", linewidth=1)
-    b.set_xlabel("recall (IoU ≥ 0.4)")
+    b.set_xlim(PLOT_MIN_RECALL, max(r["recall"] for p in tuning["sides"] for r in p["curve"]) + 0.01)
+    b.set_xlabel(f"recall (IoU ≥ 0.4), from {PLOT_MIN_RECALL}: the passes differ near the operating point")
     b.set_ylabel("precision")
     b.set_title("tune images: precision-recall by threshold, per thorough pass")
     b.legend(fontsize=7)
