@@ -122,7 +122,8 @@ def face_weights(faces: FaceSet, recipe: Recipe) -> np.ndarray:
     labels = faces.labels
     weights = np.ones(len(labels))
     if recipe.balance == "class_weight":
-        weights = np.array([class_weights(labels)[c] for c in range(len(LABELS))])[labels]
+        per_class = class_weights(labels)
+        weights = np.array([per_class[c] for c in range(len(LABELS))])[labels]
     if recipe.real_share > 0:
         synthetic = np.isin(faces.sources, SYNTHETIC_SOURCES)
         for c in range(len(LABELS)):
