@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from webapp.vision.boxes import Detection, clip_detection, iou_matrix, weighted_nms
+from webapp.vision.boxes import Detection, blend, clip_detection, iou_matrix, weighted_nms
 from webapp.vision.detector import DetectorUnavailable
 from webapp.vision.litert import load_interpreter
 from webapp.vision.scaling import scale_to
@@ -124,9 +124,7 @@ class TrainedDetector:
                 fused.append(Detection(d.box, (d.score + missing) / 2))
                 continue
             o = mirrored[j]
-            weights = np.array([d.score, o.score])[:, None]
-            box = (np.array([d.box, o.box]) * weights).sum(0) / weights.sum()
-            fused.append(Detection(tuple(float(v) for v in box), (d.score + o.score) / 2))
+            fused.append(Detection(blend([d.box, o.box], [d.score, o.score]), (d.score + o.score) / 2))
         matched = set(partner_of.values())
         fused += [Detection(o.box, (o.score + missing) / 2) for j, o in enumerate(mirrored) if j not in matched]
         return self.merge(fused, w, h)
