@@ -83,6 +83,57 @@ def test_close_ups_pasted_larger_than_the_crop_teach_only_their_surroundings():
         assert not (score == 1).any()
 
 
+def test_face_pictures_are_pasted_at_their_share_and_leave_other_recipes_unchanged():
+    """``picture_share`` of the pastes come from the boxed pictures; without a share the sampler
+    draws exactly the crops it drew before pictures existed (the shipped recipe reproduces)."""
+    empty = Scene(np.full((200, 300, 3), 90, np.uint8), np.zeros((0, 4), np.float32), "synthetic")
+    closeup, picture = (np.zeros((100, 100, 3), np.uint8) for _ in range(2))
+    closeup[30:70, 30:70] = 255  # close-ups: a white face; pictures: a black face on white
+    picture[:] = 255
+    picture[30:70, 30:70] = 0
+    face = np.array([[30, 30, 70, 70]], np.float32)
+    closeups, pictures = [Scene(closeup, face, "close-up")], [Scene(picture, face, "picture")]
+
+    def centre_colours(sampler: CropSampler, seeds: range) -> list[float]:
+        found = []
+        for seed in seeds:
+            crop, boxes = sampler.sample(np.random.default_rng(seed))
+            for x0, y0, x1, y1 in boxes:
+                cx, cy = int((x0 + x1) / 2), int((y0 + y1) / 2)
+                if 0 <= cx < 128 and 0 <= cy < 128:
+                    found.append(float(crop[cy, cx].mean()))
+        return found
+
+    def sampler(**pictures_kw) -> CropSampler:
+        return CropSampler([empty], closeups, crop=128, serve_side=300, paste_prob=1.0,
+                           closeup_face=(20.0, 40.0), **pictures_kw)
+
+    colours = centre_colours(sampler(pictures=pictures, picture_share=0.5), range(200))
+    share = np.mean(np.array(colours) < 128)  # photometric changes keep the two far apart
+    assert 0.35 < share < 0.65, share
+    assert not any(c < 128 for c in centre_colours(sampler(pictures=pictures, picture_share=0.0), range(50)))
+    for seed in range(10):
+        plain, unused = (s.sample(np.random.default_rng(seed))
+                         for s in (sampler(), sampler(pictures=pictures, picture_share=0.0)))
+        assert np.array_equal(plain[0], unused[0]) and np.array_equal(plain[1], unused[1])
+
+
+@pytest.mark.slow
+def test_face_pictures_get_one_face_box_from_the_teacher(data_dir):
+    """chandrikadeb7 pictures (no boxes) come back boxed by MediaPipe's BlazeFace: one box each,
+    inside the picture and a large share of it."""
+    from training.train_detector import picture_closeups
+
+    boxed = picture_closeups(data_dir, limit=40)  # the first 40 are masked: the teacher keeps fewer
+    assert 5 <= len(boxed) <= 40
+    for p in boxed:
+        h, w = p.image.shape[:2]
+        (x0, y0, x1, y1), = p.boxes
+        assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
+        assert max(x1 - x0, y1 - y0) >= 0.3 * max(h, w)
+        assert p.labels[0] in ("with_mask", "without_mask")
+
+
 @pytest.mark.slow
 def test_tiny_detector_training_run_exports_resumes_and_serves(data_dir, tmp_path):
     from training import train_detector
@@ -91,6 +142,7 @@ def test_tiny_detector_training_run_exports_resumes_and_serves(data_dir, tmp_pat
     common = ["--data", str(data_dir), "--out", str(out), "--work", str(work), "--limit-images", "8",
               "--batch-size", "2", "--crop", "128", "--checkpoint-every", "2"]
     common += ["--closeup-tune-fraction", "0.5"]  # the close-ups counted for the operating point are not pasted
+    common += ["--picture-share", "0.5"]  # and chandrikadeb7 pictures boxed by the teacher are
     assert train_detector.main(common + ["--steps", "2"]) == 0
     assert train_detector.main(common + ["--steps", "4", "--resume"]) == 0
     log = (work / "train_log.csv").read_text().splitlines()
@@ -101,6 +153,7 @@ def test_tiny_detector_training_run_exports_resumes_and_serves(data_dir, tmp_pat
     metrics = json.loads((out / "detector_metrics.json").read_text())
     assert metrics["run"]["steps"] == 4 and metrics["tuning"]["curve"]
     assert metrics["tuning"]["closeups_trained_on"] is False  # boxes per close-up on held-out close-ups
+    assert metrics["run"]["picture_share"] == 0.5 and metrics["run"]["picture_images"] >= 1
     detector = TrainedDetector(out)
     assert detector.threshold == metrics["tuning"]["threshold"]
     assert detector.still_side == metrics["tuning"]["still_side"]

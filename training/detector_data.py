@@ -4,7 +4,9 @@ The served detector sees a whole frame letterboxed to a fixed long side, so a fa
 its input depends on the camera's distance and resolution. Each training example is therefore
 a fixed-size crop of a scene resized by a random factor around the serving scale (log-uniform,
 0.25x-2x), with masked close-ups (maskedfacenet-maskon) pasted in at sizes the street photos
-rarely have, then flipped and degraded (colour, blur, JPEG noise) like webcam frames.
+rarely have, then flipped and degraded (colour, blur, JPEG noise) like webcam frames. Face
+pictures without boxes (chandrikadeb7, masked and unmasked) can be pasted the same way once a
+teacher detector has boxed their face (``boxed_by_teacher``).
 
 Targets follow the detector's grid (one cell per ``STRIDE`` input pixels): a cell is positive
 for a face when its centre lies within ``max(3 px, 0.25 x face side)`` of the face centre, and
@@ -24,6 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from training.datasets import Sample, read_rgb
+from webapp.vision.detector import FaceDetector
 
 MIN_FACE = 4.0        # px in the crop: smaller faces are ignore regions
 MIN_VISIBLE = 0.6     # share of a face's box inside the crop to count as a face
@@ -57,6 +60,32 @@ def load_scenes(samples: Sequence[Sample], max_side: int = 1024, desc: str = "sc
     return scenes
 
 
+def boxed_by_teacher(pictures: Sequence[Scene], teacher: FaceDetector, min_score: float = 0.75,
+                     min_share: float = 0.3) -> list[Scene]:
+    """Face pictures labelled only by class, each given the box a teacher detector draws around its face.
+
+    A picture is kept only when the teacher finds exactly one face, confidently (``min_score``),
+    filling at least ``min_share`` of the picture's long side and cut by at most one of the
+    picture's edges: pictures that are really scenes (a small person in a room), show several
+    people or hide the face would otherwise paste wrong boxes or unlabelled faces, and a face
+    cropped on two sides pasted into a scene looks like no face a camera sees. The teacher is
+    MediaPipe's BlazeFace as shipped (never trained on our data), so the boxes do not depend on
+    an earlier run of ours.
+    """
+    kept = []
+    for picture in tqdm(pictures, desc="boxing pictures", unit="img", leave=False):
+        found = [d for d in teacher.detect(picture.image) if d.score >= 0.5]
+        if len(found) != 1 or found[0].score < min_score:
+            continue
+        x0, y0, x1, y1 = found[0].box
+        h, w = picture.image.shape[:2]
+        cut_sides = (x0 <= 1) + (y0 <= 1) + (x1 >= w - 1) + (y1 >= h - 1)
+        if max(x1 - x0, y1 - y0) < min_share * max(h, w) or cut_sides > 1:
+            continue
+        kept.append(Scene(picture.image, np.array([found[0].box], np.float32), picture.source, picture.labels[:1]))
+    return kept
+
+
 def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
     return math.exp(rng.uniform(math.log(lo), math.log(hi)))
 
@@ -72,7 +101,8 @@ class CropSampler:
     def __init__(self, scenes: Sequence[Scene], closeups: Sequence[Scene], crop: int = 320,
                  serve_side: int = 512, scale_range: tuple[float, float] = (0.25, 2.0),
                  paste_prob: float = 0.5, closeup_face: tuple[float, float] = CLOSEUP_FACE,
-                 scene_weights: Sequence[float] | None = None) -> None:
+                 scene_weights: Sequence[float] | None = None, pictures: Sequence[Scene] = (),
+                 picture_share: float = 0.0) -> None:
         if not scenes:
             raise ValueError("no training scenes")
         self.scenes = list(scenes)
@@ -83,6 +113,8 @@ class CropSampler:
         self.paste_prob = paste_prob if self.closeups else 0.0
         self.closeup_face = closeup_face
         self.scene_p = None if scene_weights is None else np.asarray(scene_weights, float) / np.sum(scene_weights)
+        self.pictures = [p for p in pictures if len(p.boxes)] if picture_share > 0 else []
+        self.picture_share = picture_share
 
     def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """A ``crop`` x ``crop`` uint8 RGB image and its (N, 4) face boxes (may extend past the edge)."""
@@ -121,8 +153,12 @@ class CropSampler:
 
     def _paste(self, canvas: np.ndarray, boxes: np.ndarray, rng: np.random.Generator
                ) -> tuple[np.ndarray, np.ndarray]:
-        """Paste a close-up's face with some surroundings; faces it covers leave the targets."""
-        closeup = self.closeups[int(rng.integers(len(self.closeups)))]
+        """Paste a close-up's face with some surroundings; faces it covers leave the targets.
+
+        ``picture_share`` of the pastes take a boxed face picture instead of a close-up (no draw
+        is spent on it without pictures, so recipes without them sample as before)."""
+        pool = self.pictures if self.pictures and rng.random() < self.picture_share else self.closeups
+        closeup = pool[int(rng.integers(len(pool)))]
         fx0, fy0, fx1, fy1 = closeup.boxes[0]
         side = _log_uniform(rng, *self.closeup_face)
         scale = side / max(fx1 - fx0, fy1 - fy0, 1.0)

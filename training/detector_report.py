@@ -279,8 +279,12 @@ def detector_card_lines(out: Path) -> list[str]:
          f"({run['closeup_images']} images) pasted at {CLOSEUP_FACE[0]:.0f}–"
          f"{run.get('closeup_max_face', CLOSEUP_FACE[1]):.0f} px; "
          "flips, brightness/contrast, colour cast, grey, blur, JPEG re-encoding. maskedfacenet-imfd-extra is not used: "
-         "its boxes cover the whole head (from segmentations), not the face box the annotators drew; "
-         "chandrikadeb7 has no boxes.",
+         "its boxes cover the whole head (from segmentations), not the face box the annotators drew. "
+         + (f"{run['picture_share']:.0%} of the pasted close-ups are chandrikadeb7 training pictures instead "
+            f"({run['picture_images']} pictures, masked and unmasked), their face boxed by MediaPipe's "
+            "BlazeFace (short + full range; one confident face filling ≥ 30 % of the picture, cut by at most "
+            "one edge)." if run.get("picture_share") else "chandrikadeb7 pictures are not used (no boxes; "
+            "`--picture-share` pastes them boxed by MediaPipe's BlazeFace)."),
          f"- Which data chose what: training used the fit images only; the operating point was chosen on the "
          f"{tuning['tune_images']} tune images ({tuning['tune_faces']} faces; kaggle-facemask training split, held "
          "out of detector training): for each thorough pass (side; the frame alone or also its mirror image) "

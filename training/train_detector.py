@@ -10,7 +10,8 @@ Reads top to bottom like a Keras example: data, model, loss, training loop (chec
 
 Which data chose what: the model trains on the kaggle-facemask *fit* images (the classifier's
 training split minus a tune split) plus maskedfacenet-maskon training close-ups pasted into
-scenes. The operating threshold is chosen on the *tune* images (never trained on); the boxes per
+scenes (and, with ``--picture-share``, chandrikadeb7 training pictures boxed by MediaPipe's
+BlazeFace). The operating threshold is chosen on the *tune* images (never trained on); the boxes per
 close-up are counted on the pasted close-ups, or on a share kept out of pasting
 (``--closeup-tune-fraction``). The validation split (``python -m training.evaluate --split
 val``) is used for reporting only.
@@ -29,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from training.datasets import KAGGLE, MASKON, load_dataset, split_by_image
-from training.detector_data import CLOSEUP_FACE, CropSampler, load_scenes, training_batch
+from training.datasets import CHANDRIKA, KAGGLE, MASKON, load_dataset, split_by_image
+from training.detector_data import CLOSEUP_FACE, CropSampler, Scene, boxed_by_teacher, load_scenes, training_batch
 from webapp.vision.labels import WITH_MASK
 
 log = logging.getLogger("training.train_detector")
@@ -64,6 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--closeup-tune-fraction", type=float, default=0.0,
                    help="share of the maskon training close-ups kept out of pasting, on which the operating "
                         "point counts boxes per close-up (0: count on the pasted ones)")
+    p.add_argument("--picture-share", type=float, default=0.0,
+                   help="share of pasted close-ups taken from chandrikadeb7 training pictures (masked and "
+                        "unmasked faces; boxed by MediaPipe's BlazeFace) instead of maskedfacenet-maskon")
     p.add_argument("--rare-weight", type=float, default=0.0,
                    help="draw scenes with unmasked or incorrectly masked faces 1 + this times as often")
     p.add_argument("--checkpoint-every", type=int, default=200)
@@ -107,10 +111,12 @@ def main(argv: list[str] | None = None) -> int:
              "operating point", len(fit), sum(len(s.faces) for s in fit), len(tune), len(closeups), len(closeup_tune))
     scenes = load_scenes(fit, desc="kaggle fit")
     weights = [1.0 + args.rare_weight * any(lab != WITH_MASK for lab in sc.labels) for sc in scenes]
+    pictures = picture_closeups(data_dir, args.limit_images) if args.picture_share else []
     sampler = CropSampler(scenes, load_scenes(closeups, 512, desc="close-ups"), crop=args.crop,
                           serve_side=args.serve_side, paste_prob=args.paste_prob,
                           closeup_face=(CLOSEUP_FACE[0], args.closeup_max_face),
-                          scene_weights=weights if args.rare_weight else None)
+                          scene_weights=weights if args.rare_weight else None,
+                          pictures=pictures, picture_share=args.picture_share)
 
     # --- Model: BlazeFace full range with its own weights, every layer trainable ------------
     source = blazeface_model_dir() / FULL_RANGE_FILE
@@ -184,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed, "steps": args.steps, "batch_size": args.batch_size, "crop": args.crop,
         "serve_side": args.serve_side, "lr": args.lr, "paste_prob": args.paste_prob,
         "closeup_max_face": args.closeup_max_face, "closeup_tune_fraction": args.closeup_tune_fraction,
-        "rare_weight": args.rare_weight,
+        "rare_weight": args.rare_weight, "picture_share": args.picture_share, "picture_images": len(pictures),
         "train_seconds": round(train_seconds, 1),
         # this invocation's time outside training steps: loading data, the Keras check, export, threshold
         "other_seconds": round(time.time() - started - (train_seconds - seconds_before), 1),
@@ -255,6 +261,23 @@ def detector_splits(data_dir: Path, limit: int | None = None):
     if limit:
         fit, tune, closeups = fit[:limit], tune[:max(1, limit // 4)], closeups[:limit]
     return fit, tune, closeups
+
+
+def picture_closeups(data_dir: Path, limit: int | None = None) -> list[Scene]:
+    """chandrikadeb7's training pictures (the classifier's split: its validation quarter stays out)
+    with the face boxed by MediaPipe's BlazeFace; pictures it cannot box with confidence are left out."""
+    from webapp.vision.detector import create_detector
+
+    try:
+        pictures, _ = split_by_image(load_dataset(CHANDRIKA, data_dir), VAL_FRACTION, SPLIT_SEED)
+    except FileNotFoundError as exc:
+        log.warning("%s: training without face pictures", exc)
+        return []
+    pictures = pictures[:limit] if limit else pictures
+    boxed = boxed_by_teacher(load_scenes(pictures, 512, desc="pictures"),
+                             create_detector("blazeface-short-full", threads=os.cpu_count() or 1))
+    log.info("chandrikadeb7: %d of %d training pictures boxed by the teacher", len(boxed), len(pictures))
+    return boxed
 
 
 def _commands(work: Path, argv: list[str] | None) -> list[str]:
