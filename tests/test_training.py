@@ -114,6 +114,18 @@ def test_evaluate_voc_cli(data_dir, tmp_path, model_dir):
     assert 0.5 < clf["accuracy"] <= 1.0
 
 
+def test_evaluate_tune_side_is_the_detectors_tune_images(data_dir):
+    from training.datasets import KAGGLE, load_dataset
+    from training.train_detector import SPLIT_SEED, VAL_FRACTION, detector_splits
+
+    fit, tune, _ = detector_splits(data_dir)
+    kaggle = load_dataset(KAGGLE, data_dir)
+    chosen = evaluate.split_side(kaggle, "tune", VAL_FRACTION, SPLIT_SEED)
+    assert [s.path for s in chosen] == [s.path for s in tune]
+    val = {s.path for s in evaluate.split_side(kaggle, "val", VAL_FRACTION, SPLIT_SEED)}
+    assert not val & {s.path for s in chosen} and not {s.path for s in fit} & {s.path for s in chosen}
+
+
 def test_evaluate_cli_rejects_bad_arguments(tmp_path):
     with pytest.raises(SystemExit):
         evaluate.main(["--images", str(tmp_path)])  # no --annotations

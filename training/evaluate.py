@@ -31,6 +31,7 @@ from training.datasets import Sample, read_class_folders, read_voc_folder, split
 from training.detection_metrics import Predicted, Truth, coco_ap50, detector_recall
 from training.faces import FaceSet
 from training.metrics import SIZE_BUCKETS, classifier_section, format_report, size_bucket
+from training.train_detector import TUNE_FRACTION
 from webapp.config import Settings
 from webapp.vision.classifier import MaskClassifier
 from webapp.vision.crop import to_model_input
@@ -208,6 +209,16 @@ def format_end_to_end(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def split_side(samples: Sequence[Sample], side: str, val_fraction: float, seed: int) -> list[Sample]:
+    """The images of one side of the models' split: ``val`` (never trained on, reported on),
+    ``train``, or ``tune`` (training images held out of the face detector's training, which chose
+    its operating point: where detector candidates are compared)."""
+    train, val = split_by_image(samples, val_fraction, seed)
+    if side == "tune":
+        return split_by_image(train, TUNE_FRACTION, seed + 1)[1]
+    return val if side == "val" else train
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -216,8 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--annotations", type=Path, help="folder of PASCAL VOC xml files")
     p.add_argument("--label-map", type=parse_label_map, default={}, help="extra label aliases, A=B,...")
     p.add_argument("--model", type=Path, help="model folder (default: MASKWATCH_MODEL or model/)")
-    p.add_argument("--split", choices=("val", "train"),
-                   help="only this side of training's split (same --seed/--val-fraction as training)")
+    p.add_argument("--split", choices=("val", "train", "tune"),
+                   help="only this side of training's split (same --seed/--val-fraction as training); tune: "
+                        "the training images held out of the face detector's training (they chose its operating point)")
     p.add_argument("--seed", type=int, default=1234, help="split seed (with --split)")
     p.add_argument("--val-fraction", type=float, default=0.25, help="(with --split)")
     p.add_argument("--detector", nargs="+", choices=DETECTORS,
@@ -242,8 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         samples = read_voc_folder(args.images, args.annotations, label_map=args.label_map)
     if args.split:
-        train, val = split_by_image(samples, args.val_fraction, args.seed)
-        samples = val if args.split == "val" else train
+        samples = split_side(samples, args.split, args.val_fraction, args.seed)
     if not samples:
         print("no labelled images found", file=sys.stderr)
         return 1
