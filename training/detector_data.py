@@ -61,20 +61,20 @@ def load_scenes(samples: Sequence[Sample], max_side: int = 1024, desc: str = "sc
 
 
 def boxed_by_teacher(pictures: Sequence[Scene], teacher: FaceDetector, min_score: float = 0.75,
-                     min_share: float = 0.3) -> list[Scene]:
+                     min_share: float = 0.3, seen_score: float = 0.5) -> list[Scene]:
     """Face pictures labelled only by class, each given the box a teacher detector draws around its face.
 
-    A picture is kept only when the teacher finds exactly one face, confidently (``min_score``),
-    filling at least ``min_share`` of the picture's long side and cut by at most one of the
-    picture's edges: pictures that are really scenes (a small person in a room), show several
-    people or hide the face would otherwise paste wrong boxes or unlabelled faces, and a face
-    cropped on two sides pasted into a scene looks like no face a camera sees. The teacher is
-    MediaPipe's BlazeFace as shipped (never trained on our data), so the boxes do not depend on
-    an earlier run of ours.
+    A picture is kept only when the teacher finds exactly one face (scored at least
+    ``seen_score``), confidently (``min_score``), filling at least ``min_share`` of the picture's
+    long side and cut by at most one of the picture's edges: pictures that are really scenes (a
+    small person in a room), show several people or hide the face would otherwise paste wrong
+    boxes or unlabelled faces, and a face cropped on two sides pasted into a scene looks like no
+    face a camera sees. The teacher is MediaPipe's BlazeFace as shipped (never trained on our
+    data), so the boxes do not depend on an earlier run of ours.
     """
     kept = []
     for picture in tqdm(pictures, desc="boxing pictures", unit="img", leave=False):
-        found = [d for d in teacher.detect(picture.image) if d.score >= 0.5]
+        found = [d for d in teacher.detect(picture.image) if d.score >= seen_score]
         if len(found) != 1 or found[0].score < min_score:
             continue
         x0, y0, x1, y1 = found[0].box
