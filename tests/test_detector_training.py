@@ -118,6 +118,21 @@ def test_face_pictures_are_pasted_at_their_share_and_leave_other_recipes_unchang
         assert np.array_equal(plain[0], unused[0]) and np.array_equal(plain[1], unused[1])
 
 
+def test_region_blur_softens_part_of_some_crops_and_leaves_other_recipes_unchanged():
+    rng = np.random.default_rng(0)
+    scene = Scene(rng.integers(0, 256, (200, 300, 3)).astype(np.uint8), np.array([[100, 50, 140, 90]], np.float32),
+                  "synthetic")
+
+    def crops(region_blur: float) -> list[np.ndarray]:
+        sampler = CropSampler([scene], [scene], crop=128, serve_side=300, region_blur=region_blur)
+        return [sampler.sample(np.random.default_rng(seed))[0] for seed in range(20)]
+
+    plain, unused, blurred = crops(0.0), crops(0.0), crops(1.0)
+    assert all(np.array_equal(a, b) for a, b in zip(plain, unused))
+    roughness = [float(np.abs(np.diff(c.astype(np.float32), axis=1)).mean()) for c in (*plain, *blurred)]
+    assert np.mean(roughness[20:]) < np.mean(roughness[:20])  # noise is smoothed where it is blurred
+
+
 @pytest.mark.slow
 def test_face_pictures_get_one_face_box_from_the_teacher(data_dir):
     """chandrikadeb7 pictures (no boxes) come back boxed by MediaPipe's BlazeFace: one box each,

@@ -102,7 +102,7 @@ class CropSampler:
                  serve_side: int = 512, scale_range: tuple[float, float] = (0.25, 2.0),
                  paste_prob: float = 0.5, closeup_face: tuple[float, float] = CLOSEUP_FACE,
                  scene_weights: Sequence[float] | None = None, pictures: Sequence[Scene] = (),
-                 picture_share: float = 0.0) -> None:
+                 picture_share: float = 0.0, region_blur: float = 0.0) -> None:
         if not scenes:
             raise ValueError("no training scenes")
         self.scenes = list(scenes)
@@ -115,6 +115,7 @@ class CropSampler:
         self.scene_p = None if scene_weights is None else np.asarray(scene_weights, float) / np.sum(scene_weights)
         self.pictures = [p for p in pictures if len(p.boxes)] if picture_share > 0 else []
         self.picture_share = picture_share
+        self.region_blur = region_blur
 
     def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """A ``crop`` x ``crop`` uint8 RGB image and its (N, 4) face boxes (may extend past the edge)."""
@@ -187,11 +188,34 @@ class CropSampler:
         if rng.random() < 0.2:
             k = int(rng.choice([3, 5]))
             out = cv2.GaussianBlur(out, (k, k), 0)
+        if self.region_blur and rng.random() < self.region_blur:
+            out = _blur_region(out, rng)
         if rng.random() < 0.3:
             ok, enc = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(30, 90))])
             if ok:
                 out = cv2.imdecode(enc, cv2.IMREAD_UNCHANGED)
         return np.ascontiguousarray(out), boxes.astype(np.float32)
+
+
+def _blur_region(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Defocus (Gaussian, sigma 1-3 px) or motion blur (a 5-11 px line at any angle) over a random
+    rectangle of the crop: faces a camera sees out of focus or moving, beside sharp ones."""
+    c = image.shape[0]
+    w, h = (int(rng.uniform(0.4, 1.0) * c) for _ in range(2))
+    x, y = int(rng.integers(0, c - w + 1)), int(rng.integers(0, c - h + 1))
+    region = image[y:y + h, x:x + w]
+    if rng.random() < 0.5:
+        blurred = cv2.GaussianBlur(region, (0, 0), rng.uniform(1.0, 3.0))
+    else:
+        length = int(rng.integers(5, 12))
+        kernel = np.zeros((length, length), np.float32)
+        kernel[length // 2] = 1.0 / length
+        turn = cv2.getRotationMatrix2D(((length - 1) / 2, (length - 1) / 2), rng.uniform(0, 180), 1.0)
+        kernel = cv2.warpAffine(kernel, turn, (length, length))
+        blurred = cv2.filter2D(region, -1, kernel / max(kernel.sum(), 1e-6))
+    out = image.copy()
+    out[y:y + h, x:x + w] = blurred
+    return out
 
 
 def grid_targets(boxes: np.ndarray, size: int, stride: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -278,7 +278,10 @@ def detector_card_lines(out: Path) -> list[str]:
          f"crops (mosaic), and in {run['paste_prob']:.0%} of crops 1–3 maskedfacenet-maskon training close-ups "
          f"({run['closeup_images']} images) pasted at {CLOSEUP_FACE[0]:.0f}–"
          f"{run.get('closeup_max_face', CLOSEUP_FACE[1]):.0f} px; "
-         "flips, brightness/contrast, colour cast, grey, blur, JPEG re-encoding. maskedfacenet-imfd-extra is not used: "
+         "flips, brightness/contrast, colour cast, grey, blur, "
+         + (f"defocus or motion blur over part of {run['region_blur']:.0%} of crops, "
+            if run.get("region_blur") else "")
+         + "JPEG re-encoding. maskedfacenet-imfd-extra is not used: "
          "its boxes cover the whole head (from segmentations), not the face box the annotators drew. "
          + (f"{run['picture_share']:.0%} of the pasted close-ups are chandrikadeb7 training pictures instead "
             f"({run['picture_images']} pictures, masked and unmasked), their face boxed by MediaPipe's "

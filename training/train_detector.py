@@ -68,6 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--picture-share", type=float, default=0.0,
                    help="share of pasted close-ups taken from chandrikadeb7 training pictures (masked and "
                         "unmasked faces; boxed by MediaPipe's BlazeFace) instead of maskedfacenet-maskon")
+    p.add_argument("--region-blur", type=float, default=0.0,
+                   help="chance of a crop getting defocus or motion blur over a random part of it")
     p.add_argument("--rare-weight", type=float, default=0.0,
                    help="draw scenes with unmasked or incorrectly masked faces 1 + this times as often")
     p.add_argument("--checkpoint-every", type=int, default=200)
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                           serve_side=args.serve_side, paste_prob=args.paste_prob,
                           closeup_face=(CLOSEUP_FACE[0], args.closeup_max_face),
                           scene_weights=weights if args.rare_weight else None,
-                          pictures=pictures, picture_share=args.picture_share)
+                          pictures=pictures, picture_share=args.picture_share, region_blur=args.region_blur)
 
     # --- Model: BlazeFace full range with its own weights, every layer trainable ------------
     source = blazeface_model_dir() / FULL_RANGE_FILE
@@ -191,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         "serve_side": args.serve_side, "lr": args.lr, "paste_prob": args.paste_prob,
         "closeup_max_face": args.closeup_max_face, "closeup_tune_fraction": args.closeup_tune_fraction,
         "rare_weight": args.rare_weight, "picture_share": args.picture_share, "picture_images": len(pictures),
+        "region_blur": args.region_blur,
         "train_seconds": round(train_seconds, 1),
         # this invocation's time outside training steps: loading data, the Keras check, export, threshold
         "other_seconds": round(time.time() - started - (train_seconds - seconds_before), 1),
