@@ -157,7 +157,7 @@ def test_tiny_detector_training_run_exports_resumes_and_serves(data_dir, tmp_pat
     common = ["--data", str(data_dir), "--out", str(out), "--work", str(work), "--limit-images", "8",
               "--batch-size", "2", "--crop", "128", "--checkpoint-every", "2"]
     common += ["--closeup-tune-fraction", "0.5"]  # the close-ups counted for the operating point are not pasted
-    common += ["--picture-share", "0.5"]  # and chandrikadeb7 pictures boxed by the teacher are
+    common += ["--picture-share", "0.5"]  # chandrikadeb7 pictures boxed by the teacher are pasted too
     assert train_detector.main(common + ["--steps", "2"]) == 0
     assert train_detector.main(common + ["--steps", "4", "--resume"]) == 0
     log = (work / "train_log.csv").read_text().splitlines()

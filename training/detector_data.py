@@ -32,6 +32,7 @@ MIN_FACE = 4.0        # px in the crop: smaller faces are ignore regions
 MIN_VISIBLE = 0.6     # share of a face's box inside the crop to count as a face
 POSITIVE_RADIUS = (3.0, 0.25)  # px, share of the face side
 CLOSEUP_FACE = (12.0, 240.0)  # px, face sides pasted close-ups get (log-uniform): the shipped recipe
+PICTURE_MIN_SHARE = 0.3  # a boxed face picture's face fills at least this share of its long side
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ def load_scenes(samples: Sequence[Sample], max_side: int = 1024, desc: str = "sc
 
 
 def boxed_by_teacher(pictures: Sequence[Scene], teacher: FaceDetector, min_score: float = 0.75,
-                     min_share: float = 0.3, seen_score: float = 0.5) -> list[Scene]:
+                     min_share: float = PICTURE_MIN_SHARE, seen_score: float = 0.5) -> list[Scene]:
     """Face pictures labelled only by class, each given the box a teacher detector draws around its face.
 
     A picture is kept only when the teacher finds exactly one face (scored at least

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from training.datasets import Sample, read_rgb
 from training.detection_metrics import RECALL_IOU
-from training.detector_data import CLOSEUP_FACE
+from training.detector_data import CLOSEUP_FACE, PICTURE_MIN_SHARE
 from webapp.config import Settings
 from webapp.vision.blazeface import blazeface_model_dir
 from webapp.vision.boxes import iou_matrix
@@ -285,8 +285,8 @@ def detector_card_lines(out: Path) -> list[str]:
          "its boxes cover the whole head (from segmentations), not the face box the annotators drew. "
          + (f"{run['picture_share']:.0%} of the pasted close-ups are chandrikadeb7 training pictures instead "
             f"({run['picture_images']} pictures, masked and unmasked), their face boxed by MediaPipe's "
-            "BlazeFace (short + full range; one confident face filling ≥ 30 % of the picture, cut by at most "
-            "one edge)." if run.get("picture_share") else "chandrikadeb7 pictures are not used (no boxes; "
+            f"BlazeFace (short + full range; one confident face filling ≥ {PICTURE_MIN_SHARE:.0%} of the picture, "
+            "cut by at most one edge)." if run.get("picture_share") else "chandrikadeb7 pictures are not used (no boxes; "
             "`--picture-share` pastes them boxed by MediaPipe's BlazeFace)."),
          f"- Which data chose what: training used the fit images only; the operating point was chosen on the "
          f"{tuning['tune_images']} tune images ({tuning['tune_faces']} faces; kaggle-facemask training split, held "

@@ -31,7 +31,7 @@ from training.datasets import Sample, read_class_folders, read_voc_folder, split
 from training.detection_metrics import Predicted, Truth, coco_ap50, detector_recall
 from training.faces import FaceSet
 from training.metrics import SIZE_BUCKETS, classifier_section, format_report, size_bucket
-from training.train_detector import TUNE_FRACTION
+from training.train_detector import fit_and_tune
 from webapp.config import Settings
 from webapp.vision.classifier import MaskClassifier
 from webapp.vision.crop import to_model_input
@@ -215,7 +215,7 @@ def split_side(samples: Sequence[Sample], side: str, val_fraction: float, seed: 
     its operating point: where detector candidates are compared)."""
     train, val = split_by_image(samples, val_fraction, seed)
     if side == "tune":
-        return split_by_image(train, TUNE_FRACTION, seed + 1)[1]
+        return fit_and_tune(train, seed)[1]
     return val if side == "val" else train
 
 

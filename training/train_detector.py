@@ -27,10 +27,11 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
-from training.datasets import CHANDRIKA, KAGGLE, MASKON, load_dataset, split_by_image
+from training.datasets import CHANDRIKA, KAGGLE, MASKON, Sample, load_dataset, split_by_image
 from training.detector_data import CLOSEUP_FACE, CropSampler, Scene, boxed_by_teacher, load_scenes, training_batch
 from webapp.vision.labels import WITH_MASK
 
@@ -255,7 +256,7 @@ def detector_splits(data_dir: Path, limit: int | None = None):
     """
     kaggle = load_dataset(KAGGLE, data_dir)
     train, _ = split_by_image(kaggle, VAL_FRACTION, SPLIT_SEED)
-    fit, tune = split_by_image(train, TUNE_FRACTION, SPLIT_SEED + 1)
+    fit, tune = fit_and_tune(train)
     try:
         closeups, _ = split_by_image(load_dataset(MASKON, data_dir), VAL_FRACTION, SPLIT_SEED)
     except FileNotFoundError as exc:
@@ -264,6 +265,11 @@ def detector_splits(data_dir: Path, limit: int | None = None):
     if limit:
         fit, tune, closeups = fit[:limit], tune[:max(1, limit // 4)], closeups[:limit]
     return fit, tune, closeups
+
+
+def fit_and_tune(train: Sequence[Sample], seed: int = SPLIT_SEED) -> tuple[list[Sample], list[Sample]]:
+    """The kaggle-facemask training images the detector trains on, and those held out to tune it."""
+    return split_by_image(train, TUNE_FRACTION, seed + 1)
 
 
 def picture_closeups(data_dir: Path, limit: int | None = None) -> list[Scene]:
