@@ -286,7 +286,8 @@ def detector_card_lines(out: Path) -> list[str]:
          + (f"{run['picture_share']:.0%} of the pasted close-ups are chandrikadeb7 training pictures instead "
             f"({run['picture_images']} pictures, masked and unmasked), their face boxed by MediaPipe's "
             f"BlazeFace (short + full range; one confident face filling ≥ {PICTURE_MIN_SHARE:.0%} of the picture, "
-            "cut by at most one edge)." if run.get("picture_share") else "chandrikadeb7 pictures are not used (no boxes; "
+            "cut by at most one edge)." if run.get("picture_share")
+            else "chandrikadeb7 pictures are not used (no boxes; "
             "`--picture-share` pastes them boxed by MediaPipe's BlazeFace)."),
          f"- Which data chose what: training used the fit images only; the operating point was chosen on the "
          f"{tuning['tune_images']} tune images ({tuning['tune_faces']} faces; kaggle-facemask training split, held "
