@@ -19,15 +19,25 @@ class Detection:
 
 def overlaps(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Pairwise (IoU, intersection over the smaller box) of (N, 4) and (M, 4) boxes."""
-    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x1 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y1 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    iou = inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
-    ios = inter / np.maximum(np.minimum(area_a[:, None], area_b[None, :]), 1e-9)
+    a_cols, b_cols = a.T[:, :, None], b.T[:, None, :]
+    return _ratios(_intersection(a_cols, b_cols), _area(a_cols), _area(b_cols))
+
+
+def _intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection areas of boxes given as (4, ...) broadcastable x0, y0, x1, y1 rows: one form
+    serves the all-pairs matrix and weighted_nms's one-box-against-the-rest rows."""
+    return (np.clip(np.minimum(a[2], b[2]) - np.maximum(a[0], b[0]), 0, None)
+            * np.clip(np.minimum(a[3], b[3]) - np.maximum(a[1], b[1]), 0, None))
+
+
+def _area(cols: np.ndarray) -> np.ndarray:
+    return (cols[2] - cols[0]) * (cols[3] - cols[1])
+
+
+def _ratios(inter: np.ndarray, area_a: np.ndarray, area_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(IoU, intersection over the smaller box) from intersections and the two boxes' areas."""
+    iou = inter / np.maximum(area_a + area_b - inter, 1e-9)
+    ios = inter / np.maximum(np.minimum(area_a, area_b), 1e-9)
     return iou, ios
 
 
@@ -62,19 +72,18 @@ def weighted_nms(dets: list[Detection], iou: float, contained: float = 0.8) -> l
     scores = np.array([d.score for d in dets], np.float32)
     order = np.argsort(-scores, kind="stable")  # ties (saturated scores) keep their order
     boxes, scores = boxes[order], scores[order]
-    x0, y0, x1, y1 = (np.ascontiguousarray(c) for c in boxes.T)
-    areas = (x1 - x0) * (y1 - y0)
+    cols = np.ascontiguousarray(boxes.T)  # (4, N): each coordinate contiguous for the row slices
+    areas = _area(cols)
     alive = np.ones(len(boxes), bool)
     kept = []
     for i in range(len(boxes)):
         if not alive[i]:
             continue
-        inter = (np.clip(np.minimum(x1[i], x1[i:]) - np.maximum(x0[i], x0[i:]), 0, None)
-                 * np.clip(np.minimum(y1[i], y1[i:]) - np.maximum(y0[i], y0[i:]), 0, None))
-        smaller, larger = np.minimum(areas[i], areas[i:]), np.maximum(areas[i], areas[i:])
-        near = inter / np.maximum(areas[i] + areas[i:] - inter, 1e-9) >= iou  # same face, same kind of box
+        iou_i, ios_i = _ratios(_intersection(cols[:, i], cols[:, i:]), areas[i], areas[i:])
+        near = iou_i >= iou  # same face, same kind of box
         near[0] = True
-        inside = (inter / np.maximum(smaller, 1e-9) >= contained) & (larger / np.maximum(smaller, 1e-9) <= 4.0)
+        scale = np.maximum(areas[i], areas[i:]) / np.maximum(np.minimum(areas[i], areas[i:]), 1e-9)
+        inside = (ios_i >= contained) & (scale <= 4.0)
         merge = alive[i:] & near
         kept.append(Detection(blend(boxes[i:][merge], scores[i:][merge]), float(scores[i])))
         alive[i:] &= ~(near | inside)  # average the first, only drop the contained boxes
