@@ -2,15 +2,22 @@
 model's contract asks for it) vs Keras ``predict``, and against other model folders.
 
     python bench/classifier.py [--model model/] [--compare runs/classifier-previous] [--runs 200]
+    python bench/classifier.py --untrained 1.0:128 1.0:160    # + candidate backbones, before training them
 
-Prints one table (median and p95 milliseconds per face, for batch 1 and 4) and the speed-up
-of TFLite over Keras measured in the same run, so machine noise affects all rows alike.
+``--untrained ALPHA:SIZE`` exports an ImageNet-initialised, untrained classifier of that MobileNetV2
+width and input side (the cost of a forward pass does not depend on the weights), served like a
+model whose still images read the mirrored crop too: it prices a candidate recipe before its
+cross-validation is spent on it.
+
+Prints one table (median and p95 milliseconds per face, for batch 1 and 4) and the speed-up of
+TFLite over Keras measured in the same run, so machine noise affects all rows alike.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -32,18 +39,37 @@ def per_face_ms(fn: Callable[[np.ndarray], object], batch: np.ndarray, runs: int
     return float(np.median(times)), float(np.percentile(times, 95))
 
 
+def untrained_model(spec: str, scratch: Path, weights_dir: Path | None) -> Path:
+    """A model folder with an untrained ``ALPHA:SIZE`` classifier whose still images read the
+    mirrored crop and live video a single one (what a candidate recipe could be served as)."""
+    from training.fit import build_classifier, export_classifier, install_offline_weights
+    from training.recipe import Recipe
+
+    alpha, size = spec.split(":")
+    recipe = Recipe(alpha=float(alpha), size=int(size))
+    install_offline_weights(weights_dir)
+    folder = scratch / f"untrained-a{recipe.alpha:g}-s{recipe.size}"
+    export_classifier(build_classifier(recipe)[0], recipe, folder,
+                      {"flip_average": True, "live": {"flip_average": False}})
+    return folder
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=Path, default=Settings.load().model_dir)
     p.add_argument("--compare", type=Path, nargs="*", default=[], help="other model folders (TFLite rows)")
+    p.add_argument("--untrained", nargs="*", default=[], metavar="ALPHA:SIZE",
+                   help="also time untrained MobileNetV2 classifiers of these widths and input sides")
     p.add_argument("--runs", type=int, default=200)
     p.add_argument("--keras-runs", type=int, default=30, help="Keras predict is slow; fewer runs")
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+    scratch = tempfile.TemporaryDirectory()
+    untrained = [untrained_model(spec, Path(scratch.name), Settings.load().weights_dir) for spec in args.untrained]
     rows = []
     rng = np.random.default_rng(0)
-    for folder in [args.model, *args.compare]:
+    for folder in [args.model, *args.compare, *untrained]:
         probe = MaskClassifier(folder)
         size = probe.input_size
         batches = {n: rng.uniform(-1, 1, (n, size, size, 3)).astype(np.float32) for n in (1, 4)}
@@ -68,10 +94,11 @@ def main(argv: list[str] | None = None) -> int:
                      *per_face_ms(lambda b: model.predict(b, verbose=0), batch, args.keras_runs)))
 
     print(f"ms per face; cpu cores: {os.cpu_count()}")
-    print(f"| {'model and runtime':52s} | crops per call | median ms/face | p95 ms/face |")
-    print(f"|{'-' * 54}|----------------|----------------|-------------|")
+    width = max(len(r[0]) for r in rows)
+    print(f"| {'model and runtime':{width}s} | crops per call | median ms/face | p95 ms/face |")
+    print(f"|{'-' * (width + 2)}|----------------|----------------|-------------|")
     for name, n, med, p95 in rows:
-        print(f"| {name:52s} | {n:14d} | {med:14.3f} | {p95:11.3f} |")
+        print(f"| {name:{width}s} | {n:14d} | {med:14.3f} | {p95:11.3f} |")
     keras_b1 = next(r[2] for r in rows if "Keras" in r[0] and r[1] == 1)
     for name, n, med, _ in rows:
         if "TFLite" in name and n == 1:

@@ -181,3 +181,16 @@ def test_face_weights_give_real_photos_their_share_of_a_class(real_share, real_m
 
     balanced = face_weights(SimpleNamespace(labels=labels, sources=sources), Recipe(real_share=real_share))
     assert [balanced[labels == c].sum() for c in range(3)] == pytest.approx([11 / 3] * 3)
+
+
+def test_bench_prices_an_untrained_candidate_as_it_would_be_served(weights_dir, tmp_path):
+    """bench/classifier.py --untrained: the folder loads like a shipped model, with the stated
+    input side and width, mirrored crops for still images and a single crop live."""
+    from bench.classifier import untrained_model
+
+    folder = untrained_model("0.35:96", tmp_path, weights_dir)
+    clf = MaskClassifier(folder)
+    assert (clf.input_size, clf.contract["alpha"]) == (96, 0.35)
+    assert clf.decisions(live=False).flip_average and not clf.decisions(live=True).flip_average
+    probs = clf.predict_proba(np.zeros((2, 96, 96, 3), np.float32))
+    assert probs.shape == (2, 3) and np.allclose(probs.sum(1), 1, atol=1e-5)
