@@ -171,6 +171,9 @@ def test_tiny_detector_training_run_exports_resumes_and_serves(data_dir, tmp_pat
     assert metrics["run"]["picture_share"] == 0.5 and metrics["run"]["picture_images"] >= 1
     detector = TrainedDetector(out)
     assert detector.threshold == metrics["tuning"]["threshold"]
+    assert detector.threshold_large == metrics["tuning"]["threshold_large"]
+    # a threshold pair only for a mirrored pass, judged on close-ups held out of training (as here)
+    assert bool(metrics["tuning"]["size_thresholds"]) == detector.still_mirror
     assert detector.still_side == metrics["tuning"]["still_side"]
     assert detector.still_mirror == metrics["tuning"]["still_mirror"]
     assert [(p["still_side"], p["still_mirror"]) for p in metrics["tuning"]["sides"]] == list(STILL_PASSES)
@@ -237,3 +240,25 @@ def test_threshold_matching_counts_a_second_box_on_one_face_as_false():
     boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [100, 100, 120, 120], [52, 50, 72, 70]], np.float32)
     flags = _match(iou_matrix(boxes, truth), np.array([0.9, 0.8, 0.7, 0.6], np.float32))
     assert flags.tolist() == [True, False, False, True]
+
+
+def pair(small: float, large: float, precision: float, recall: float, closeups: float = 1.0) -> dict[str, float]:
+    return {"threshold": small, "threshold_large": large, "precision": precision, "recall": recall,
+            "detections": 10, "closeup_detections": closeups}
+
+
+@pytest.mark.parametrize("rows, chosen", [
+    # the most recall within the precision target and the close-up bound
+    ([pair(0.45, 0.45, 0.946, 0.869), pair(0.45, 0.40, 0.943, 0.875), pair(0.40, 0.40, 0.915, 0.880)], (0.45, 0.40)),
+    # ... a pair boxing close-ups more than once too often is out
+    ([pair(0.45, 0.45, 0.946, 0.869), pair(0.45, 0.40, 0.943, 0.875, closeups=1.06)], (0.45, 0.45)),
+    # equal recall: the higher small-face, then the higher large-face threshold
+    ([pair(0.45, 0.40, 0.94, 0.87), pair(0.50, 0.35, 0.95, 0.87), pair(0.50, 0.40, 0.95, 0.87)], (0.50, 0.40)),
+    # none meets the targets: no pair (the single threshold's operating point stands)
+    ([pair(0.45, 0.45, 0.90, 0.9)], None),
+])
+def test_size_thresholds_are_chosen_by_the_rule(rows, chosen):
+    from training.detector_report import size_thresholds
+
+    best = size_thresholds(rows)
+    assert (None if best is None else (best["threshold"], best["threshold_large"])) == chosen

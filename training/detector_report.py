@@ -4,15 +4,18 @@ The threshold is chosen on the *tune* images (kaggle-facemask training images he
 detector's training), never on the validation split the README reports: the lowest threshold
 whose precision there reaches ``TARGET_PRECISION`` (detections matched to true faces at IoU >= 0.4,
 the detector-recall rule of ``training/detection_metrics.py``), i.e. the most recall that keeps
-boxes off hands and bodies.
+boxes off hands and bodies. A mirrored thorough pass may then give faces of at least 32 px their
+own threshold: the pair with the most tune recall within the same bounds (``size_thresholds``),
+where close-ups held out of the detector's training are there to count boxes per close-up.
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -22,8 +25,14 @@ from training.detection_metrics import RECALL_IOU
 from training.detector_data import CLOSEUP_FACE, PICTURE_MIN_SHARE
 from webapp.config import Settings
 from webapp.vision.blazeface import blazeface_model_dir
-from webapp.vision.boxes import iou_matrix
-from webapp.vision.trained_detector import DETECTOR_CONTRACT, DETECTOR_FILE, TrainedDetector
+from webapp.vision.boxes import Detection, iou_matrix
+from webapp.vision.trained_detector import (
+    DETECTOR_CONTRACT,
+    DETECTOR_FILE,
+    LARGE_FACE,
+    TrainedDetector,
+    passes_threshold,
+)
 
 TARGET_PRECISION = 0.93
 # Long sides tried for the thorough pass: a larger one finds smaller faces and costs more
@@ -79,10 +88,12 @@ def _match(m: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return tp
 
 
-def precision_recall(detector: TrainedDetector, samples: Sequence[Sample],
-                     thresholds: Sequence[float] = THRESHOLDS) -> list[dict[str, float]]:
-    """Precision and recall of the served detector (as ``detect`` thresholds and merges) at each threshold."""
-    lowest = float(min(thresholds))
+Looks = list[tuple[list[Detection], np.ndarray, int, int]]  # per image: candidates, true boxes, width, height
+
+
+def candidate_looks(detector: TrainedDetector, samples: Sequence[Sample], lowest: float) -> Looks:
+    """Each image's detections down to ``lowest`` (fused faces of a mirrored pass, raw cells of a
+    plain one) with its true boxes: computed once, then thresholded many ways."""
     cached = []
     for sample in tqdm(samples, desc="threshold", unit="img", leave=False):
         image = read_rgb(sample.path)
@@ -90,23 +101,56 @@ def precision_recall(detector: TrainedDetector, samples: Sequence[Sample],
                  else detector.raw_detections(image, tiles=True, threshold=lowest))
         truth = np.array([f.box for f in sample.faces], np.float32).reshape(-1, 4)
         cached.append((found, truth, image.shape[1], image.shape[0]))
+    return cached
+
+
+def tally(detector: TrainedDetector, looks: Looks, keep: Callable[[Detection], bool]) -> dict[str, float]:
+    """Precision, recall and detections of the faces ``keep`` accepts, as ``detect`` serves them."""
+    tp = n_det = found = n_true = 0
+    for candidates, truth, w, h in looks:
+        kept = [d for d in candidates if keep(d)]
+        # a mirrored pass thresholds its merged, fused faces; a plain one merges what passes
+        merged = kept if detector.still_mirror else detector.merge(kept, w, h)
+        boxes = np.array([d.box for d in merged], np.float32).reshape(-1, 4)
+        m = iou_matrix(boxes, truth)
+        tp += int(_match(m, np.array([d.score for d in merged], np.float32)).sum())
+        n_det += len(boxes)
+        n_true += len(truth)
+        if m.size:
+            found += int((m.max(0) >= RECALL_IOU).sum())
+    return {"precision": tp / n_det if n_det else 1.0, "recall": found / n_true if n_true else 0.0,
+            "detections": n_det}
+
+
+def precision_recall(detector: TrainedDetector, samples: Sequence[Sample],
+                     thresholds: Sequence[float] = THRESHOLDS) -> list[dict[str, float]]:
+    """Precision and recall of the served detector (as ``detect`` thresholds and merges) at each threshold."""
+    looks = candidate_looks(detector, samples, float(min(thresholds)))
+    return [{"threshold": float(t), **tally(detector, looks, lambda d, t=t: d.score >= t)} for t in thresholds]
+
+
+def size_threshold_rows(detector: TrainedDetector, tune: Sequence[Sample], closeups: Sequence[Sample],
+                        thresholds: Sequence[float] = THRESHOLDS) -> list[dict[str, float]]:
+    """Tune precision, recall and boxes per close-up of a mirrored pass for every pair (threshold
+    for faces under ``detector.large_face`` px, threshold for larger ones)."""
+    looks = candidate_looks(detector, tune, float(min(thresholds)))
+    closeup_faces = [detector.mirrored_detections(read_rgb(s.path))
+                     for s in tqdm(closeups, desc="close-ups", unit="img", leave=False)]
     rows = []
-    for t in thresholds:
-        tp = n_det = found = n_true = 0
-        for candidates, truth, w, h in cached:
-            kept = [d for d in candidates if d.score >= t]
-            # a mirrored pass thresholds its merged, fused faces; a plain one merges what passes
-            merged = kept if detector.still_mirror else detector.merge(kept, w, h)
-            boxes = np.array([d.box for d in merged], np.float32).reshape(-1, 4)
-            m = iou_matrix(boxes, truth)
-            tp += int(_match(m, np.array([d.score for d in merged], np.float32)).sum())
-            n_det += len(boxes)
-            n_true += len(truth)
-            if m.size:
-                found += int((m.max(0) >= RECALL_IOU).sum())
-        rows.append({"threshold": float(t), "precision": tp / n_det if n_det else 1.0,
-                     "recall": found / n_true if n_true else 0.0, "detections": n_det})
+    for small, large in itertools.product(thresholds, repeat=2):
+        def keep(d: Detection, small: float = small, large: float = large) -> bool:
+            return passes_threshold(d, small, large, detector.large_face)
+        rows.append({"threshold": float(small), "threshold_large": float(large), **tally(detector, looks, keep),
+                     "closeup_detections": float(np.mean([sum(map(keep, faces)) for faces in closeup_faces]))
+                     if closeup_faces else 0.0})
     return rows
+
+
+def size_thresholds(rows: Sequence[dict[str, float]]) -> dict[str, float] | None:
+    """Of the threshold pairs meeting the precision target and the close-up bound, the one with
+    the most tune recall (ties: the higher small-face, then large-face threshold); None if none does."""
+    ok = [r for r in rows if r["precision"] >= TARGET_PRECISION and r["closeup_detections"] <= MAX_CLOSEUP_DETECTIONS]
+    return max(ok, key=lambda r: (r["recall"], r["threshold"], r["threshold_large"])) if ok else None
 
 
 def operating_point(curve: Sequence[dict[str, float]]) -> dict[str, Any]:
@@ -156,10 +200,23 @@ def choose_operating_point(out: Path, tune: Sequence[Sample], closeups: Sequence
         points.append({**point, "closeup_detections": closeup_detections(at_point, closeups), "curve": curve})
     best = best_point(points)
     chosen = {k: v for k, v in best.items() if k != "curve"}
+    chosen["threshold_large"] = chosen["threshold"]
+    pairs = None
+    # A mirrored pass may give large faces their own threshold, judged only on close-ups held out of
+    # training: on close-ups it trained with the detector boxes fewer textures than on new ones, and
+    # a lower large-face threshold lets exactly those through (README, "a threshold per face size").
+    if best["still_mirror"] and not closeups_trained_on:
+        detector = TrainedDetector(out, threads, still_side=best["still_side"], still_mirror=True)
+        rows = size_threshold_rows(detector, tune, closeups)
+        pair = size_thresholds(rows)
+        if pair is not None:
+            chosen.update(pair)
+        pairs = {"large_face": detector.large_face,
+                 "rows": [r for r in rows if r["threshold"] == chosen["threshold"]]}
     contract = json.loads((out / DETECTOR_CONTRACT).read_text())
-    contract.update({k: chosen[k] for k in ("threshold", "still_side", "still_mirror")})
+    contract.update({k: chosen[k] for k in ("threshold", "threshold_large", "still_side", "still_mirror")})
     (out / DETECTOR_CONTRACT).write_text(json.dumps(contract, indent=2) + "\n")
-    return {**chosen, "curve": best["curve"], "sides": points,
+    return {**chosen, "curve": best["curve"], "sides": points, "size_thresholds": pairs,
             "target_precision": TARGET_PRECISION, "max_closeup_detections": MAX_CLOSEUP_DETECTIONS,
             "tune_images": len(tune), "tune_faces": sum(len(s.faces) for s in tune), "closeup_images": len(closeups),
             "closeups_trained_on": closeups_trained_on}
@@ -264,7 +321,10 @@ def detector_card_lines(out: Path) -> list[str]:
          f"pass of live video runs the frame at {contract['live_side']} px, shrunk the fast way (whole-factor "
          "averaging, then bilinear: `webapp/vision/scaling.py`).",
          f"- Output: {contract['output']}; cells above threshold {contract['threshold']} are merged by "
-         f"weighted NMS (IoU {contract['nms_iou']}).",
+         f"weighted NMS (IoU {contract['nms_iou']})"
+         + (f"; in the thorough pass faces whose box's shorter side is at least {contract.get('large_face', 32):g} px "
+            f"need only {contract['threshold_large']}" if contract.get("threshold_large", contract["threshold"])
+            != contract["threshold"] else "") + ".",
          "", "## How it was made",
          f"- Command: {commands}; seed {run['seed']}; {run['steps']} steps of {run['batch_size']} "
          f"random {run['crop']}×{run['crop']} crops; Adam, lr {run['lr']} with cosine decay; every layer trainable.",
@@ -299,7 +359,10 @@ def detector_card_lines(out: Path) -> list[str]:
             else "of its training split held out of training") + ", the cheapest (pixels looked at) whose recall "
          f"is within {SIDE_RECALL_SLACK} of the highest (a costlier pass slows every still image and live "
          "thorough pass); "
-         "the validation split is used only for the results below.",
+         + (f"for a mirrored pass, then, of the pairs of thresholds (faces under / at least {LARGE_FACE:g} px) "
+            "meeting the same precision and close-up bounds, the one with the highest tune recall; "
+            if tuning.get("size_thresholds") else "")
+         + "the validation split is used only for the results below.",
          f"- Versions: TensorFlow {run['tensorflow']}, Keras {run['keras']}. Training took "
          f"{run['train_seconds'] / 60:.0f} min of training steps on the 2-core CPU; loading the data, export and "
          f"the threshold took {run['other_seconds']:.0f} s more.",
@@ -315,6 +378,16 @@ def detector_card_lines(out: Path) -> list[str]:
     for r in tuning["curve"]:
         mark = " ← chosen" if r["threshold"] == contract["threshold"] else ""
         L.append(f"| {r['threshold']:.2f}{mark} | {r['precision']:.3f} | {r['recall']:.3f} | {r['detections']} |")
+    pairs = tuning.get("size_thresholds")
+    if pairs:
+        L += ["", f"Faces at least {pairs['large_face']:g} px (shorter box side) with their own threshold, the "
+              f"small-face threshold held at {contract['threshold']}:", "",
+              "| threshold ≥ 32 px | precision | recall | detections | detections per close-up |",
+              "|---|---|---|---|---|"]
+        for r in pairs["rows"]:
+            mark = " ← chosen" if r["threshold_large"] == contract["threshold_large"] else ""
+            L.append(f"| {r['threshold_large']:.2f}{mark} | {r['precision']:.3f} | {r['recall']:.3f} | "
+                     f"{r['detections']} | {r['closeup_detections']:.3f} |")
     L += ["", f"![precision-recall of every thorough pass on the tune images]({OPERATING_POINT_PLOT})", "",
           f"![detector training]({LOSS_PLOT})", ""]
     for eval_path in sorted(out.glob(EVAL_FILES)):

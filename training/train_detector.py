@@ -226,9 +226,10 @@ def retune(out: Path, data_dir: Path, limit: int | None, argv: list[str] | None)
                                          + " ".join(sys.argv[1:] if argv is None else argv)]
     run["retune_seconds"] = round(time.time() - started, 1)
     write_detector_card(out, run, tuning, log_path=None)
-    log.info("%s: thorough pass %d px%s, threshold %.2f (tune precision %.3f, recall %.3f) in %.0f s", out,
-             tuning["still_side"], " + mirror image" if tuning["still_mirror"] else "", tuning["threshold"],
-             tuning["precision"], tuning["recall"], time.time() - started)
+    log.info("%s: thorough pass %d px%s, threshold %.2f (%.2f for faces >= 32 px; tune precision %.3f, "
+             "recall %.3f) in %.0f s", out, tuning["still_side"], " + mirror image" if tuning["still_mirror"] else "",
+             tuning["threshold"], tuning["threshold_large"], tuning["precision"], tuning["recall"],
+             time.time() - started)
     return 0
 
 

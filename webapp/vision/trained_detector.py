@@ -11,7 +11,9 @@ annotators' convention (the training targets), so no box correction is needed.
 Everything the served code needs to know about the file (sizes, threshold, preprocessing) is
 in ``face_detector.json`` next to it, written by the training code. With ``still_mirror`` the
 thorough pass also looks at the mirror image of the frame and scores each face by the mean of
-the two looks (``mirrored_detections``).
+the two looks (``mirrored_detections``); its faces then pass one threshold if their box's shorter
+side is under ``large_face`` pixels and another (``threshold_large``) if not, both chosen on the
+tune images (a large box is rarely a texture, so it can afford a lower one).
 """
 
 from __future__ import annotations
@@ -36,6 +38,14 @@ MAX_SHAPES = 6  # interpreters kept (frame sizes x passes); a camera sends one f
 # face one look does not find at all counts half of it there.
 MIRROR_FLOOR = 0.1
 MIRROR_MATCH_IOU = 0.5  # the two looks' boxes of one face overlap at least this much
+LARGE_FACE = 32.0  # px, shorter box side from which ``threshold_large`` applies (contracts without one)
+
+
+def passes_threshold(d: Detection, threshold: float, threshold_large: float, large_face: float = LARGE_FACE) -> bool:
+    """Whether a fused face of the mirrored thorough pass is kept: ``threshold_large`` for boxes
+    whose shorter side is at least ``large_face`` px, ``threshold`` for smaller ones."""
+    x0, y0, x1, y1 = d.box
+    return d.score >= (threshold_large if min(x1 - x0, y1 - y0) >= large_face else threshold)
 
 
 def match_looks(a: list[Detection], b: list[Detection]) -> dict[int, int]:
@@ -59,14 +69,15 @@ def match_looks(a: list[Detection], b: list[Detection]) -> dict[int, int]:
 class TrainedDetector:
     """Grid face detector on whole frames; ``tiles=False`` runs only the cheap live pass.
 
-    ``threshold``, ``still_side`` and ``still_mirror`` override the contract's (the training code
-    tries several).
+    ``threshold``, ``threshold_large``, ``still_side`` and ``still_mirror`` override the contract's
+    (the training code tries several); a ``threshold`` given alone applies to faces of every size.
     """
 
     name = "trained"
 
     def __init__(self, model_dir: Path, threads: int = 1, threshold: float | None = None,
-                 still_side: int | None = None, still_mirror: bool | None = None) -> None:
+                 still_side: int | None = None, still_mirror: bool | None = None,
+                 threshold_large: float | None = None) -> None:
         contract_path = Path(model_dir) / DETECTOR_CONTRACT
         model_path = Path(model_dir) / DETECTOR_FILE
         if not contract_path.is_file() or not model_path.is_file():
@@ -77,6 +88,10 @@ class TrainedDetector:
         self.stride = int(self.contract["stride"])
         self.divisor = int(self.contract["divisor"])
         self.threshold = float(self.contract["threshold"] if threshold is None else threshold)
+        if threshold_large is None:  # contracts written before it had one threshold for all sizes
+            threshold_large = self.contract.get("threshold_large", self.threshold) if threshold is None else threshold
+        self.threshold_large = float(threshold_large)
+        self.large_face = float(self.contract.get("large_face", LARGE_FACE))
         self.nms_iou = float(self.contract["nms_iou"])
         self.still_side = int(self.contract["still_side"] if still_side is None else still_side)
         self.still_mirror = bool(self.contract.get("still_mirror", False) if still_mirror is None else still_mirror)
@@ -99,7 +114,8 @@ class TrainedDetector:
     def detect(self, image: np.ndarray, tiles: bool = True) -> list[Detection]:
         """Faces in an HxWx3 uint8 RGB image, merged over the passes by weighted NMS."""
         if tiles and self.still_mirror:
-            return [d for d in self.mirrored_detections(image) if d.score >= self.threshold]
+            return [d for d in self.mirrored_detections(image)
+                    if passes_threshold(d, self.threshold, self.threshold_large, self.large_face)]
         return self.merge(self.raw_detections(image, tiles), image.shape[1], image.shape[0])
 
     def mirrored_detections(self, image: np.ndarray) -> list[Detection]:
