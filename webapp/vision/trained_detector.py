@@ -13,7 +13,7 @@ in ``face_detector.json`` next to it, written by the training code. With ``still
 thorough pass also looks at the mirror image of the frame and scores each face by the mean of
 the two looks (``mirrored_detections``); its faces then pass one threshold if their box's shorter
 side is under ``large_face`` pixels and another (``threshold_large``) if not, both chosen on the
-tune images (a large box is rarely a texture, so it can afford a lower one).
+tune images and close-ups held out of training (the shipped file has one value for both).
 """
 
 from __future__ import annotations
