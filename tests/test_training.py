@@ -194,3 +194,12 @@ def test_bench_prices_an_untrained_candidate_as_it_would_be_served(weights_dir, 
     assert clf.decisions(live=False).flip_average and not clf.decisions(live=True).flip_average
     probs = clf.predict_proba(np.zeros((2, 96, 96, 3), np.float32))
     assert probs.shape == (2, 3) and np.allclose(probs.sum(1), 1, atol=1e-5)
+
+
+def test_training_defaults_are_the_shipped_recipe(model_dir):
+    """`python -m training.train` with its defaults trains what ships (issue 9): the recipe the
+    shipped model recorded is the default one, field for field."""
+    from training.recipe import Recipe
+
+    shipped = json.loads((model_dir / "metrics.json").read_text())["recipe"]
+    assert Recipe.normalised(shipped) == Recipe().as_dict()
