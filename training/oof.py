@@ -299,6 +299,24 @@ def summarise(oof: OutOfFold, config: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def better_rule(variants: dict[str, Any], variant: str) -> str:
+    """``offsets`` where the out-of-fold class offsets raise that variant's mean kaggle macro-F1."""
+    section = variants[variant]
+    return "offsets" if _kaggle_f1(section["offsets"]) > _kaggle_f1(section["argmax"]) else "argmax"
+
+
+def served_variant(variants: dict[str, Any]) -> tuple[str, str]:
+    """(variant, rule) still images are served with, from a model's folds: the mirrored crop
+    averaged in only where it raises the mean kaggle macro-F1 with argmax, then ``better_rule``."""
+    flip = _kaggle_f1(variants["flip_tta"]["argmax"]) > _kaggle_f1(variants["plain"]["argmax"])
+    variant = "flip_tta" if flip else "plain"
+    return variant, better_rule(variants, variant)
+
+
+def _kaggle_f1(report: dict[str, Any]) -> float:
+    return report["mean_std"]["kaggle_macro_f1"]["mean"]
+
+
 def candidate_summary(cv: dict[str, Any]) -> dict[str, Any]:
     """What the model card shows of a compared candidate (its recipe, the mean ± std, the
     per-size table and the ranking AP of each serving variant): a whole ``cv.json`` is ~1600 lines of per-fold

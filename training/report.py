@@ -21,6 +21,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from training.oof import served_variant  # noqa: E402
 from training.recipe import Recipe  # noqa: E402
 from webapp.vision.labels import LABELS  # noqa: E402
 
@@ -101,6 +102,11 @@ def _variant_name(metrics: dict[str, Any]) -> str:
 def _rule_name(metrics: dict[str, Any]) -> str:
     """The decision rule the server uses: argmax, or argmax after per-class offsets."""
     return "offsets" if any(metrics["serving"]["decision_offsets"]) else "argmax"
+
+
+def _serving_name(variant: str, rule: str) -> str:
+    return ("mirrored crop" if variant == "flip_tta" else "single crop") + (", class offsets" if rule == "offsets"
+                                                                            else ", argmax")
 
 
 def _fmt(v: float | None) -> str:
@@ -190,6 +196,15 @@ def _cv_lines(m: dict) -> list[str]:
     for name, cv in rows:
         cells = cv["variants"][variant][rule]["mean_std"]
         L.append(f"| {name} | " + " | ".join(_mean_std(cells[k]) for k in keys) + " |")
+    own = [(path, served_variant(cv["variants"]), cv) for path, cv in m["compare"].items()
+           if path != m["cv_dir"] and served_variant(cv["variants"]) != (variant, rule)]
+    if own:
+        L += ["", "Candidates whose own folds would serve still images another way (`training.train` takes "
+              "the mirrored crop and the class offsets per model where they raise its out-of-fold macro-F1), "
+              "read that way (" + ", ".join(KEY_NAMES[k] for k in keys[:-1]) + "): " + "; ".join(
+                  f"`{path}` {_serving_name(*served)}: " + " / ".join(
+                      _mean_std(cv["variants"][served[0]][served[1]]["mean_std"][k]) for k in keys[:-1])
+                  for path, served, cv in own) + "."]
     shipped = m["cv"]["variants"]
     L += ["", "Shipped recipe, all out-of-fold faces pooled, bootstrap 95 % intervals (1000 resamples of "
           "whole images): " + "; ".join(

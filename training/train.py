@@ -32,7 +32,14 @@ from training.datasets import ALL_DATASETS, KAGGLE, describe_split, face_counts
 from training.faces import FaceSet
 from training.fit import export_classifier, fit_classifier
 from training.metrics import SIZE_BUCKETS, classifier_section, format_report, size_bucket
-from training.oof import UNSURE_BELOW, candidate_summary, expected_calibration_error, reliability
+from training.oof import (
+    UNSURE_BELOW,
+    better_rule,
+    candidate_summary,
+    expected_calibration_error,
+    reliability,
+    served_variant,
+)
 from training.recipe import Recipe
 from webapp.vision.classifier import LABELS_FILE, MaskClassifier
 from webapp.vision.crop import to_model_input
@@ -68,18 +75,15 @@ def serving_decisions(cv: dict) -> dict:
     classifier's cost per frame, and the tracker's vote over a person's frames stands in for the
     mirror. Its temperature and offsets come from the single-crop out-of-fold predictions.
     """
-    def mean_f1(section: dict) -> float:
-        return section["mean_std"]["kaggle_macro_f1"]["mean"]
-
     def decisions(variant: str) -> dict:
         chosen = cv["variants"][variant]
-        offsets = mean_f1(chosen["offsets"]) > mean_f1(chosen["argmax"])
+        offsets = better_rule(cv["variants"], variant) == "offsets"
         return {"temperature": chosen["calibration"]["temperature"], "flip_average": variant == "flip_tta",
                 "decision_offsets": chosen["offsets"]["chosen_on_all_folds"] if offsets else [0.0] * len(LABELS)}
 
-    variants = cv["variants"]
-    flip = mean_f1(variants["flip_tta"]["argmax"]) > mean_f1(variants["plain"]["argmax"])
-    still = decisions("flip_tta" if flip else "plain")
+    variant, _ = served_variant(cv["variants"])
+    still = decisions(variant)
+    flip = variant == "flip_tta"
     return {**still, "unsure_below": UNSURE_BELOW, "live": decisions("plain") if flip else still}
 
 
