@@ -147,3 +147,36 @@ def test_ranking_ap_ranks_only_the_faces_decided_as_the_class(p_right, p_wrong, 
     assert ap["with_mask"] == 1.0  # two faces decided with_mask; its one true face ranked first
     assert ap["without_mask"] == 0.0  # its one face was decided as another class
     assert ranking_ap(probs, y, pred, np.array([True, False, False, False]))["without_mask"] is None
+
+
+def write_run(folder, oof, folds=5):
+    """A finished crossval folder (fold files as training.crossval writes them) from synthetic predictions."""
+    folder.mkdir()
+    for k in range(folds):
+        at = oof.fold == k
+        np.savez_compressed(folder / f"fold{k}.npz", probs=oof.probs[at], probs_flip=oof.probs_flip[at],
+                            labels=oof.labels[at], sources=oof.sources[at], groups=oof.groups[at],
+                            short_sides=oof.short_sides[at], fold=oof.fold[at],
+                            history=json.dumps(oof.histories[k]), seconds=oof.seconds[k])
+    (folder / "config.json").write_text(json.dumps({"recipe": {}, "folds": folds, "datasets": ["kaggle-facemask"]}))
+
+
+def test_an_ensemble_of_finished_runs_averages_their_probabilities(tmp_path, capsys):
+    from training.ensemble_cv import ensemble, main
+
+    _, sharp, labels = synthetic(600, seed=1)
+    _, blurred, _ = synthetic(600, temperature=0.5, seed=1)  # the same faces seen by another model
+    write_run(tmp_path / "a", oof_of(sharp, labels))
+    write_run(tmp_path / "b", oof_of(blurred, labels))
+    assert main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "ens")]) == 0
+    summary = json.loads((tmp_path / "ens" / "cv.json").read_text())
+    assert summary["config"]["members"] == [str(tmp_path / "a"), str(tmp_path / "b")]
+    assert summary["faces"] == 600 and "<- served" in capsys.readouterr().out
+    both = ensemble([oof_of(sharp, labels), oof_of(blurred, labels)])
+    assert np.allclose(both.probs, (sharp + blurred) / 2) and np.array_equal(both.labels, labels)
+
+    write_run(tmp_path / "other", oof_of(sharp, labels[::-1].copy()))  # not the same faces
+    with pytest.raises(SystemExit, match="not folds of the same faces"):
+        main([str(tmp_path / "a"), str(tmp_path / "other"), "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="no config.json"):
+        main([str(tmp_path / "a"), str(tmp_path / "missing"), "--out", str(tmp_path / "x")])
