@@ -105,8 +105,8 @@ def _rule_name(metrics: dict[str, Any]) -> str:
 
 
 def _serving_name(variant: str, rule: str) -> str:
-    return ("mirrored crop" if variant == "flip_tta" else "single crop") + (", class offsets" if rule == "offsets"
-                                                                            else ", argmax")
+    crop = "mirrored crop" if variant == "flip_tta" else "single crop"
+    return f"{crop}, {'class offsets' if rule == 'offsets' else 'argmax'}"
 
 
 def _fmt(v: float | None) -> str:
@@ -196,8 +196,8 @@ def _cv_lines(m: dict) -> list[str]:
     for name, cv in rows:
         cells = cv["variants"][variant][rule]["mean_std"]
         L.append(f"| {name} | " + " | ".join(_mean_std(cells[k]) for k in keys) + " |")
-    own = [(path, served_variant(cv["variants"]), cv) for path, cv in m["compare"].items()
-           if path != m["cv_dir"] and served_variant(cv["variants"]) != (variant, rule)]
+    served_by_path = {path: served_variant(cv["variants"]) for path, cv in m["compare"].items() if path != m["cv_dir"]}
+    own = [(path, served, m["compare"][path]) for path, served in served_by_path.items() if served != (variant, rule)]
     if own:
         L += ["", "Candidates whose own folds would serve still images another way (`training.train` takes "
               "the mirrored crop and the class offsets per model where they raise its out-of-fold macro-F1), "
