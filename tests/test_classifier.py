@@ -12,8 +12,8 @@ from training.crossval import DEV_SPLIT_SEED, VAL_FRACTION
 from training.datasets import CHANDRIKA, KAGGLE, MASKON, load_all, split_by_image
 from training.faces import FaceSet
 from training.metrics import classifier_section
-from webapp.vision.classifier import MaskClassifier, ModelFilesError, read_contract
-from webapp.vision.crop import to_model_input
+from webapp.vision.classifier import MaskClassifier, ModelFilesError, contract_members, read_contract
+from webapp.vision.crop import crop_faces
 from webapp.vision.labels import LABELS
 
 
@@ -29,26 +29,38 @@ def val_faces(data_dir):
     return FaceSet(val, desc="val")
 
 
+def random_inputs(classifier, n, seed=0):
+    """Random model inputs for ``n`` faces at every input side of ``classifier``."""
+    rng = np.random.default_rng(seed)
+    return {s: rng.uniform(-1, 1, (n, s, s, 3)).astype(np.float32) for s in classifier.input_sizes}
+
+
 def test_contract_matches_labels(classifier, model_dir):
     contract = read_contract(model_dir)
     assert tuple(contract["labels"]) == LABELS == classifier.labels
-    assert classifier.input_size == contract["input_size"]
+    members = contract_members(contract)
+    assert [m.path.name for m in classifier.members] == [m["model_file"] for m in members]
+    assert classifier.input_sizes == tuple(dict.fromkeys(m["input_size"] for m in members))
 
 
 def test_tflite_agrees_with_keras(classifier, model_dir, val_faces):
+    """Each network's TFLite file is its Keras file, and the served output is their mean."""
     import keras
 
     idx = np.linspace(0, len(val_faces) - 1, 48).astype(int)
-    crops = to_model_input(val_faces.crops(classifier.input_size, classifier.margin)[idx])
-    model = keras.saving.load_model(model_dir / "mask_classifier.keras", compile=False)
-    expected = model.predict(crops, verbose=0)
-    got = np.concatenate([classifier.raw_proba(crops[:1]), classifier.raw_proba(crops[1:])])
-    assert np.abs(got - expected).max() <= 1e-4
+    inputs = {s: x[idx] for s, x in val_faces.model_inputs(classifier).items()}
+    expected = []
+    for member in classifier.members:
+        x = inputs[member.input_size]
+        model = keras.saving.load_model(member.path.with_suffix(".keras"), compile=False)
+        expected.append(model.predict(x, verbose=0))
+        got = np.concatenate([member.raw_proba(x[:1]), member.raw_proba(x[1:])])
+        assert np.abs(got - expected[-1]).max() <= 1e-4, member.path.name
+    assert np.abs(classifier.raw_proba(inputs) - np.mean(expected, 0)).max() <= 1e-4
 
 
 def test_shipped_model_classifies_real_faces(classifier, val_faces):
-    crops = to_model_input(val_faces.crops(classifier.input_size, classifier.margin))
-    pred = np.array(classifier.labels)[classifier.decide(classifier.predict_proba(crops))]
+    pred = np.array(classifier.labels)[classifier.decide(classifier.predict_proba(val_faces.model_inputs(classifier)))]
     true = np.array(LABELS)[val_faces.labels]
     sources = val_faces.sources
     kaggle = classifier_section(true[sources == KAGGLE], pred[sources == KAGGLE])
@@ -59,15 +71,27 @@ def test_shipped_model_classifies_real_faces(classifier, val_faces):
 
 
 def test_classify_batches_of_any_size(classifier):
-    s = classifier.input_size
-    rng = np.random.default_rng(0)
     for n in (0, 1, 4, 1):
-        preds = classifier.classify(rng.uniform(-1, 1, (n, s, s, 3)).astype(np.float32))
+        preds = classifier.classify(random_inputs(classifier, n))
         assert len(preds) == n
         for p in preds:
             assert p.label in LABELS and 0 <= p.score <= 1 and abs(sum(p.probs) - 1) < 1e-4
-    with pytest.raises(ValueError, match="expected crops"):
-        classifier.predict_proba(np.zeros((1, s + 1, s, 3), np.float32))
+    s = classifier.input_sizes[0]
+    with pytest.raises(ValueError, match="expected crops of shape"):
+        classifier.predict_proba({**random_inputs(classifier, 1), s: np.zeros((1, s + 1, s, 3), np.float32)})
+    with pytest.raises(ValueError, match="expected crops at input sides"):
+        classifier.predict_proba(np.zeros((1, s, s, 3), np.float32))  # a bare batch, not side -> batch
+
+
+def test_crop_cuts_each_side_from_the_image(classifier):
+    """``crop`` gives every network its own crop of the same faces, cut from the image itself."""
+    image = np.random.default_rng(2).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    boxes = [(10, 20, 50, 70), (100, 5, 150, 60)]
+    inputs = classifier.crop(image, boxes)
+    assert set(inputs) == set(classifier.input_sizes)
+    for s, x in inputs.items():
+        assert np.array_equal(x, crop_faces(image, boxes, s, classifier.margin))
+    assert [x.shape[0] for x in classifier.crop(image, []).values()] == [0] * len(classifier.input_sizes)
 
 
 def test_missing_or_broken_model_files(tmp_path, model_dir):
@@ -84,19 +108,37 @@ def test_missing_or_broken_model_files(tmp_path, model_dir):
         MaskClassifier(tmp_path)
 
 
+@pytest.mark.parametrize("members, error", [
+    ([], "'members' must list"),
+    ([{"model_file": "mask_classifier.tflite"}], "'members' must list"),
+    ([{"model_file": "mask_classifier.tflite", "input_size": 97}], "the contract says 97 px"),
+    ([{"model_file": "mask_classifier.tflite", "input_size": 224}, {"model_file": "gone.tflite", "input_size": 160}],
+     "missing .*gone.tflite"),
+])
+def test_contract_members_that_cannot_be_served(model_dir, tmp_path, members, error):
+    """A contract naming no network, a side its file does not take, or a file that is not there."""
+    first = contract_members(read_contract(model_dir))[0]
+    shutil.copy(model_dir / first["model_file"], tmp_path / "mask_classifier.tflite")
+    members = [{**m, "input_size": first["input_size"]} if m.get("input_size") == 224 else m for m in members]
+    contract = {k: v for k, v in read_contract(model_dir).items() if k != "input_size"}
+    (tmp_path / "labels.json").write_text(json.dumps({**contract, "members": members}))
+    with pytest.raises(ModelFilesError, match=error):
+        MaskClassifier(tmp_path)
+
+
 def test_serving_does_not_import_tensorflow(model_dir):
     code = (
         "import sys, numpy as np\n"
         "from webapp.vision.classifier import MaskClassifier\n"
         f"c = MaskClassifier({str(model_dir)!r})\n"
-        "c.classify(np.zeros((2, c.input_size, c.input_size, 3), np.float32))\n"
+        "c.classify({s: np.zeros((2, s, s, 3), np.float32) for s in c.input_sizes})\n"
         "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TF imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 def with_contract(model_dir, folder, **changes):
-    for name in ("mask_classifier.tflite", "labels.json"):
+    for name in [m["model_file"] for m in contract_members(read_contract(model_dir))] + ["labels.json"]:
         shutil.copy(model_dir / name, folder / name)
     contract = {**json.loads((model_dir / "labels.json").read_text()), **changes}
     (folder / "labels.json").write_text(json.dumps(contract))
@@ -105,8 +147,7 @@ def with_contract(model_dir, folder, **changes):
 
 def test_decisions_from_the_contract(model_dir, tmp_path):
     """Temperature, mirrored-crop averaging and class offsets in labels.json are what is served."""
-    s = MaskClassifier(model_dir).input_size
-    crops = np.random.default_rng(1).uniform(-1, 1, (6, s, s, 3)).astype(np.float32)
+    crops = random_inputs(MaskClassifier(model_dir), 6, seed=1)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     plain = with_contract(model_dir, tmp_path / "a", temperature=1.0, flip_average=False,
@@ -115,7 +156,7 @@ def test_decisions_from_the_contract(model_dir, tmp_path):
                           decision_offsets=[0.0, 5.0, 0.0],
                           live={"temperature": 1.0, "flip_average": False, "decision_offsets": [0.0, 0.0, 0.0]})
     raw = plain.raw_proba(crops)
-    mirrored = (raw + plain.raw_proba(np.ascontiguousarray(crops[:, :, ::-1]))) / 2
+    mirrored = (raw + plain.raw_proba({s: np.ascontiguousarray(x[:, :, ::-1]) for s, x in crops.items()})) / 2
     expected = np.sqrt(mirrored) / np.sqrt(mirrored).sum(1, keepdims=True)  # softmax(log p / 2)
     assert np.allclose(tuned.predict_proba(crops), expected, atol=1e-5)
     assert np.array_equal(plain.decide(raw), raw.argmax(1))

@@ -162,7 +162,8 @@ def write_run(folder, oof, folds=5):
 
 
 def test_an_ensemble_of_finished_runs_averages_their_probabilities(tmp_path, capsys):
-    from training.ensemble_cv import ensemble, main
+    from training.ensemble_cv import ensemble, main, summarise_folder
+    from training.oof import may_mirror, served_variant
 
     _, sharp, labels = synthetic(600, seed=1)
     _, blurred, _ = synthetic(600, temperature=0.5, seed=1)  # the same faces seen by another model
@@ -174,6 +175,12 @@ def test_an_ensemble_of_finished_runs_averages_their_probabilities(tmp_path, cap
     assert summary["faces"] == 600 and "<- served" in capsys.readouterr().out
     both = ensemble([oof_of(sharp, labels), oof_of(blurred, labels)])
     assert np.allclose(both.probs, (sharp + blurred) / 2) and np.array_equal(both.labels, labels)
+    # The folder names its members, so its summary can be recomputed from their folds.
+    assert summarise_folder(tmp_path / "ens")["variants"] == summary["variants"]
+    # An ensemble serves a single crop even where its mirrored pair would score higher (cost).
+    summary["variants"]["flip_tta"]["argmax"]["mean_std"]["kaggle_macro_f1"]["mean"] = 1.0
+    assert served_variant(summary["variants"], may_mirror(summary["config"]))[0] == "plain"
+    assert served_variant(summary["variants"])[0] == "flip_tta"
 
     write_run(tmp_path / "other", oof_of(sharp, labels[::-1].copy()))  # not the same faces
     with pytest.raises(SystemExit, match="not folds of the same faces"):

@@ -13,6 +13,7 @@ from tests.helpers import Camera, answer, poll
 from webapp.config import Settings
 from webapp.slots import FrameSlots, Pending
 from webapp.stats import CameraStats, LiveStats
+from webapp.vision.classifier import MaskClassifier
 from webapp.vision.labels import LABELS
 
 
@@ -33,10 +34,12 @@ def check_detections(msg, seq, width, height):
         assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
 
 
-def test_http_routes(live_server):
+def test_http_routes(live_server, model_dir):
     health = requests.get(live_server.url + "/healthz", timeout=5).json()
     assert health["status"] == "ok" and len(health["model"]["sha256"]) == 64
     assert health["model"]["file"] == "mask_classifier.tflite" and health["uptime_s"] >= 0  # no server paths
+    assert health["classifier_models"][0] == health["model"]
+    assert [m["file"] for m in health["classifier_models"]] == [m.path.name for m in MaskClassifier(model_dir).members]
     assert health["detector"] == "trained" and health["detector_model"]["file"] == "face_detector.tflite"
     assert len(health["detector_model"]["sha256"]) == 64
     for path in ("/", "/dashboard"):

@@ -13,49 +13,73 @@ from webapp.vision.labels import LABELS
 
 @pytest.mark.slow
 def test_tiny_training_run_produces_loadable_artifacts(data_dir, weights_dir, tmp_path):
+    """The default command's path at toy size: an ensemble of two networks, each cross-validated,
+    the ensemble's decisions from their out-of-fold predictions, both exported and served."""
     out = tmp_path / "model"
-    cv = tmp_path / "cv"
-    args = ["--data", str(data_dir), "--out", str(out), "--cv", str(cv), "--folds", "2", "--limit-images", "6",
-            "--head-epochs", "1", "--finetune-epochs", "1", "--batch-size", "16", "--size", "96"]
+    cv, cv2 = tmp_path / "cv", tmp_path / "cv2"
+    args = ["--data", str(data_dir), "--out", str(out), "--cv", str(cv), str(cv2), "--folds", "2",
+            "--limit-images", "6", "--head-epochs", "1", "--finetune-epochs", "1", "--batch-size", "16",
+            "--size", "96", "--ensemble", "size=64,alpha=1.0"]
     assert train.main(args) == 0
-    for name in ("mask_classifier.keras", "mask_classifier.tflite", "labels.json", "metrics.json",
+    for name in ("mask_classifier.keras", "mask_classifier.tflite", "mask_classifier_2.keras",
+                 "mask_classifier_2.tflite", "labels.json", "metrics.json",
                  "MODEL_CARD.md", "training_curves.png", "confusion_matrix.png", "reliability.png"):
         assert (out / name).stat().st_size > 0, name
-    assert {p.name for p in cv.iterdir()} >= {"fold0.npz", "fold1.npz", "cv.json", "config.json"}
+    for folder in (cv, cv2):
+        assert {p.name for p in folder.iterdir()} >= {"fold0.npz", "fold1.npz", "cv.json", "config.json",
+                                                       "final.keras", "final_history.json"}
     contract = json.loads((out / "labels.json").read_text())
-    assert contract["labels"] == list(LABELS) and contract["input_size"] == 96
+    assert contract["labels"] == list(LABELS)
+    assert [(m["model_file"], m["input_size"], m["alpha"]) for m in contract["members"]] == [
+        ("mask_classifier.tflite", 96, 0.35), ("mask_classifier_2.tflite", 64, 1.0)]
     assert contract["temperature"] > 0 and len(contract["decision_offsets"]) == 3
+    assert contract["flip_average"] is False  # an ensemble never reads the mirrored pair (cost)
     assert 0 < contract["unsure_below"] < 1
     served = MaskClassifier(out)
-    assert len(served.classify(np.zeros((3, 96, 96, 3), np.float32))) == 3
+    assert served.input_sizes == (96, 64)
+    inputs = {s: np.zeros((3, s, s, 3), np.float32) for s in (96, 64)}
+    assert len(served.classify(inputs)) == 3
+    assert np.allclose(served.raw_proba(inputs), (served.members[0].raw_proba(inputs[96])
+                                                  + served.members[1].raw_proba(inputs[64])) / 2)
     import keras
-    model = keras.saving.load_model(out / "mask_classifier.keras", compile=False)
-    assert model.output_shape == (None, 3)
-    assert not keras_file_has_optimizer_state(out / "mask_classifier.keras")
+    for name in ("mask_classifier.keras", "mask_classifier_2.keras"):
+        model = keras.saving.load_model(out / name, compile=False)
+        assert model.output_shape == (None, 3)
+        assert not keras_file_has_optimizer_state(out / name)
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["tflite_vs_keras_max_abs_diff"] <= 1e-4
+    assert [m["tflite_vs_keras_max_abs_diff"] <= 1e-4 for m in metrics["members"]] == [True, True]
+    ensemble_dir = metrics["cv_dir"]
+    assert ensemble_dir.startswith(str(tmp_path)) and set(metrics["compare"]) == {str(cv), str(cv2)}
     card = (out / "MODEL_CARD.md").read_text()
     assert "python -m training.train" in card and "2-fold cross-validation" in card
-    # A model trained into this folder later lists this one among its candidates.
+    # A model trained into this folder later lists this one (and each of its networks) among its candidates.
     replaced = train.replaced_candidates(out)
-    assert list(replaced) == [str(cv)]
+    assert set(replaced) == {str(cv), str(cv2), ensemble_dir}
     assert replaced[str(cv)]["config"]["recipe"]["size"] == 96
+    assert [r["size"] for r in replaced[ensemble_dir]["config"]["recipes"]] == [96, 64]
     assert set(replaced[str(cv)]["variants"]["plain"]) == {"argmax", "offsets"}
     assert train.replaced_candidates(tmp_path / "nothing-here") == {}
     # Refreshing the CV summaries recomputes what has its folder here and keeps what has not.
     metrics = json.loads((out / "metrics.json").read_text())
-    metrics["compare"] = {"runs/cv/gone": replaced[str(cv)]}
+    metrics["compare"] = {"runs/cv/gone": replaced[str(cv)], str(cv2): metrics["compare"][str(cv2)]}
     (out / "metrics.json").write_text(json.dumps(metrics))
     report.refresh_cv(out, [cv])
     refreshed = json.loads((out / "metrics.json").read_text())
-    assert list(refreshed["compare"]) == ["runs/cv/gone", str(cv)]
+    assert list(refreshed["compare"]) == ["runs/cv/gone", str(cv2), str(cv)]
     assert refreshed["compare"]["runs/cv/gone"] == replaced[str(cv)]
     assert refreshed["cv"]["variants"] == metrics["cv"]["variants"]
-    # A second run reuses the finished folds; another recipe in the same folder is refused.
-    folds_before = (cv / "fold0.npz").stat().st_mtime_ns
-    assert train.main(args) == 0 and (cv / "fold0.npz").stat().st_mtime_ns == folds_before
+    # A second run reuses the finished folds and final fits; another recipe in the same folder is refused.
+    before = [(f / "fold0.npz").stat().st_mtime_ns for f in (cv, cv2)] + [(cv / "final.keras").stat().st_mtime_ns]
+    assert train.main(args) == 0
+    assert [(f / "fold0.npz").stat().st_mtime_ns for f in (cv, cv2)] + [(cv / "final.keras").stat().st_mtime_ns] \
+        == before
     with pytest.raises(SystemExit, match="another recipe"):
         train.main(args + ["--label-smoothing", "0.05"])
+    # One network (``--ensemble`` alone) replacing the ensemble leaves no stray second file.
+    single = [a for a in args if a not in (str(cv2), "size=64,alpha=1.0")]
+    assert train.main(single) == 0
+    assert not (out / "mask_classifier_2.tflite").exists()
+    assert [m["input_size"] for m in json.loads((out / "labels.json").read_text())["members"]] == [96]
 
 
 def keras_file_has_optimizer_state(path) -> bool:
@@ -190,9 +214,9 @@ def test_bench_prices_an_untrained_candidate_as_it_would_be_served(weights_dir, 
 
     folder = untrained_model("0.35:96", tmp_path, weights_dir)
     clf = MaskClassifier(folder)
-    assert (clf.input_size, clf.contract["alpha"]) == (96, 0.35)
+    assert (clf.input_sizes, clf.contract["members"][0]["alpha"]) == ((96,), 0.35)
     assert clf.decisions(live=False).flip_average and not clf.decisions(live=True).flip_average
-    probs = clf.predict_proba(np.zeros((2, 96, 96, 3), np.float32))
+    probs = clf.predict_proba({96: np.zeros((2, 96, 96, 3), np.float32)})
     assert probs.shape == (2, 3) and np.allclose(probs.sum(1), 1, atol=1e-5)
 
 
@@ -201,5 +225,6 @@ def test_training_defaults_are_the_shipped_recipe(model_dir):
     shipped model recorded is the default one, field for field."""
     from training.recipe import Recipe
 
-    shipped = json.loads((model_dir / "metrics.json").read_text())["recipe"]
-    assert Recipe.normalised(shipped) == Recipe().as_dict()
+    shipped = [net["recipe"] for net in report.members(json.loads((model_dir / "metrics.json").read_text()))]
+    defaults = [Recipe()] + [Recipe().changed(spec) for spec in train.parse_args([]).ensemble]
+    assert [Recipe.normalised(r) for r in shipped] == [r.as_dict() for r in defaults]

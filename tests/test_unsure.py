@@ -16,8 +16,8 @@ from webapp.vision.classifier import MaskClassifier
 
 def test_classifier_flags_scores_below_the_threshold(model_dir, unsure_model):
     shipped, unsure = MaskClassifier(model_dir), MaskClassifier(unsure_model)
-    size = shipped.input_size
-    crops = np.random.default_rng(0).uniform(-1, 1, (4, size, size, 3)).astype(np.float32)
+    rng = np.random.default_rng(0)
+    crops = {s: rng.uniform(-1, 1, (4, s, s, 3)).astype(np.float32) for s in shipped.input_sizes}
     threshold = shipped.unsure_below
     assert [p.unsure for p in shipped.classify(crops)] == [p.score < threshold for p in shipped.classify(crops)]
     assert all(p.unsure for p in unsure.classify(crops))

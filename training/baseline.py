@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     if (args.model / "mask_classifier.tflite").exists():
         served = MaskClassifier(args.model)
         val_faces = FaceSet(val_s, desc="kaggle val")
-        probs = served.predict_proba(to_model_input(val_faces.crops(served.input_size, served.margin)))
+        probs = served.predict_proba(val_faces.model_inputs(served))
         rows.append(summary_row(f"shipped model ({args.model.name}/)", "our split: kaggle val",
                                 val_faces.labels, probs.argmax(1), val_faces.short_sides))
     result = {"command": "python -m training.baseline " + " ".join(sys.argv[1:] if argv is None else argv),

@@ -95,10 +95,10 @@ def run_fold(faces: FaceSet, fold_of: np.ndarray, k: int, recipe: Recipe, out: P
     started = time.time()
     model, history = fit_classifier(faces.subset(~held), recipe, on_epoch)
     with tempfile.TemporaryDirectory() as tmp:
-        export_classifier(model, recipe, Path(tmp))
+        export_classifier([(model, recipe)], Path(tmp))
         served = MaskClassifier(Path(tmp))
-        probs = served.raw_proba(to_model_input(crops))
-        flipped = served.raw_proba(to_model_input(np.ascontiguousarray(crops[:, :, ::-1])))
+        probs = served.raw_proba({recipe.size: to_model_input(crops)})
+        flipped = served.raw_proba({recipe.size: to_model_input(np.ascontiguousarray(crops[:, :, ::-1]))})
     np.savez_compressed(
         out / f"fold{k}.npz", probs=probs, probs_flip=flipped, labels=y, sources=test.sources,
         groups=test.groups, short_sides=test.short_sides, fold=np.full(len(y), k),

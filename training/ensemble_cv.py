@@ -9,7 +9,10 @@ folds by the same code as for a single recipe (``training.oof.summarise``).
 
     python -m training.ensemble_cv runs/cv/s224 runs/cv/a100-s160 --out runs/cv/ens-s224-a100s160
 
-Writes ``OUT/cv.json`` and prints the served variants' mean ± std over folds.
+Writes ``OUT/cv.json`` and prints the variants' mean ± std over folds. An ensemble reads a single
+crop of each face: a mirrored pair would cost twice the ensemble's time per face, over the 3 ms
+budget (``bench/classifier.py``). ``training.train`` trains and serves an ensemble
+(``--ensemble``).
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
-from training.oof import KEYS, OutOfFold, candidate_summary, load_folds, served_variant, summarise
+from training.oof import KEYS, OutOfFold, candidate_summary, load_folds, may_mirror, served_variant, summarise
 
 
 def ensemble(members: list[OutOfFold]) -> OutOfFold:
@@ -37,34 +41,53 @@ def ensemble(members: list[OutOfFold]) -> OutOfFold:
                      first.histories, [float(np.sum(s)) for s in zip(*(m.seconds for m in members))])
 
 
+def crossval_ensemble(runs: Sequence[Path], out: Path, command: str) -> dict:
+    """The ensemble of finished cross-validation folders ``runs``: its summary, also written to
+    ``out/cv.json`` with ``out/config.json`` naming the members (``summarise_folder`` reads it)."""
+    if len(runs) < 2:
+        raise ValueError("an ensemble needs at least two runs")
+    configs = []
+    for run in runs:
+        if not (Path(run) / "config.json").is_file():
+            raise ValueError(f"not a finished cross-validation folder: {run} (no config.json)")
+        configs.append(json.loads((Path(run) / "config.json").read_text()))
+    folds = {c["folds"] for c in configs}
+    if len(folds) != 1:
+        raise ValueError(f"the runs have different fold counts: {sorted(folds)}")
+    config = {"members": [str(r) for r in runs], "recipes": [c["recipe"] for c in configs],
+              "folds": configs[0]["folds"], "datasets": configs[0]["datasets"], "command": command}
+    summary = summarise(load_ensemble(config), config)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (out / "cv.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def load_ensemble(config: dict) -> OutOfFold:
+    """The out-of-fold predictions of the ensemble an ensemble ``config.json`` names."""
+    return ensemble([load_folds(Path(run), int(config["folds"])) for run in config["members"]])
+
+
+def summarise_folder(folder: Path) -> dict:
+    """The summary of a finished cross-validation folder, a recipe's or an ensemble's."""
+    config = json.loads((folder / "config.json").read_text())
+    oof = load_ensemble(config) if "members" in config else load_folds(folder, int(config["folds"]))
+    return summarise(oof, config)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", type=Path, nargs="+", help="finished training.crossval folders (runs/cv/NAME)")
     p.add_argument("--out", type=Path, required=True, help="folder for the ensemble's cv.json")
     args = p.parse_args(argv)
-    if len(args.runs) < 2:
-        raise SystemExit("an ensemble needs at least two runs")
-    configs = []
-    for run in args.runs:
-        if not (run / "config.json").is_file():
-            raise SystemExit(f"not a finished cross-validation folder: {run} (no config.json)")
-        configs.append(json.loads((run / "config.json").read_text()))
-    folds = {c["folds"] for c in configs}
-    if len(folds) != 1:
-        raise SystemExit(f"the runs have different fold counts: {sorted(folds)}")
+    command = "python -m training.ensemble_cv " + " ".join(sys.argv[1:] if argv is None else argv)
     try:
-        oof = ensemble([load_folds(run, configs[0]["folds"]) for run in args.runs])
+        summary = crossval_ensemble(args.runs, args.out, command)
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(str(exc)) from exc
-    config = {"members": [str(r) for r in args.runs], "recipes": [c["recipe"] for c in configs],
-              "folds": configs[0]["folds"], "datasets": configs[0]["datasets"],
-              "command": "python -m training.ensemble_cv " + " ".join(sys.argv[1:] if argv is None else argv)}
-    summary = summarise(oof, config)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "cv.json").write_text(json.dumps(summary, indent=2) + "\n")
 
     compact = candidate_summary(summary)["variants"]
-    served = served_variant(summary["variants"])
+    served = served_variant(summary["variants"], may_mirror(summary["config"]))
     for variant, rules in compact.items():
         for rule, report in rules.items():
             mark = "  <- served (still images)" if (variant, rule) == served else ""

@@ -62,9 +62,10 @@ def classify_true_boxes(samples: Sequence[Sample], classifier: MaskClassifier,
     faces = FaceSet(samples, desc="images")
     if not len(faces):
         return [], [], np.zeros(0)
-    crops = faces.crops(classifier.input_size, classifier.margin)
-    probs = np.concatenate([classifier.predict_proba(to_model_input(crops[i:i + batch]))
-                            for i in range(0, len(crops), batch)])
+    crops = {size: faces.crops(size, classifier.margin) for size in classifier.input_sizes}
+    probs = np.concatenate([
+        classifier.predict_proba({size: to_model_input(c[i:i + batch]) for size, c in crops.items()})
+        for i in range(0, len(faces), batch)])
     true = [LABELS[i] for i in faces.labels]
     pred = [classifier.labels[i] for i in classifier.decide(probs)]
     return true, pred, faces.short_sides
@@ -267,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     pipeline = build_pipeline(settings) if args.images else None
     classifier = pipeline.classifier if pipeline else MaskClassifier(settings.model_dir, settings.classifier_threads)
-    result["model"] = str(classifier.model_path)
+    result["classifier_models"] = [m.path.name for m in classifier.members]  # file names, as /healthz gives them
     if pipeline:
         data = str(Settings.load().data_dir)
         result["command"] = "python -m training.evaluate " + " ".join(

@@ -17,6 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from training.datasets import Sample, read_rgb
+from webapp.vision.classifier import MaskClassifier
 from webapp.vision.crop import cut_face, to_model_input
 from webapp.vision.labels import LABELS, WITHOUT_MASK
 
@@ -88,6 +89,10 @@ class FaceSet:
     def crops(self, size: int, margin: float) -> np.ndarray:
         """Unaugmented uint8 crops around the true boxes (for evaluation)."""
         return np.stack([cut_face(self.images[f.image], f.box, size, margin) for f in self.faces])
+
+    def model_inputs(self, classifier: MaskClassifier) -> dict[int, np.ndarray]:
+        """Every face as ``classifier`` reads it (float32 crops per member input side)."""
+        return {size: to_model_input(self.crops(size, classifier.margin)) for size in classifier.input_sizes}
 
 
 def jitter_box(box: Sequence[float], rng: np.random.Generator, shift: float = 0.08,

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import keras
 import numpy as np
@@ -21,10 +21,9 @@ import numpy as np
 from training.datasets import IMFD, MASKON
 from training.faces import FaceSet, augmented_batch
 from training.recipe import Recipe
-from webapp.vision.classifier import LABELS_FILE, MODEL_FILE
+from webapp.vision.classifier import LABELS_FILE
 from webapp.vision.labels import LABELS
 
-KERAS_FILE = "mask_classifier.keras"
 SYNTHETIC_SOURCES = (MASKON, IMFD)  # MaskedFace-Net: masks drawn onto FFHQ portraits
 
 
@@ -188,26 +187,46 @@ class EpochScores(keras.callbacks.Callback):
         print("  " + "  ".join(f"{k} {v:.4f}" for k, v in values.items()), flush=True)
 
 
-def export_classifier(model: keras.Model, recipe: Recipe, out: Path, calibration: dict | None = None) -> None:
-    """Write the .keras file (no optimizer state), the fp32 TFLite file and labels.json, the
-    preprocessing and decision contract the server reads."""
+def member_files(k: int) -> tuple[str, str]:
+    """(TFLite, Keras) file names of the ``k``-th network of a model folder: the first keeps the
+    names single-network models always had."""
+    stem = "mask_classifier" if k == 0 else f"mask_classifier_{k + 1}"
+    return f"{stem}.tflite", f"{stem}.keras"
+
+
+def export_classifier(members: Sequence[tuple[keras.Model, Recipe]], out: Path, decisions: dict | None = None) -> None:
+    """Write each network as a .keras file (no optimizer state) and an fp32 TFLite file, and
+    labels.json: the preprocessing and decision contract the server reads. Several members make
+    an ensemble (their softmax outputs averaged); they must share the crop margin."""
+    margins = {recipe.margin for _, recipe in members}
+    if len(margins) != 1:
+        raise ValueError(f"ensemble members must share the crop margin, got {sorted(margins)}")
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        # A compiled model saves its optimizer state too; reloading without compiling drops it.
-        model.save(Path(tmp) / KERAS_FILE)
-        clean = keras.saving.load_model(Path(tmp) / KERAS_FILE, compile=False)
-    clean.save(out / KERAS_FILE)
-    clean.export(str(out / MODEL_FILE), format="litert", verbose=False)
+    entries = []
+    for k, (model, recipe) in enumerate(members):
+        tflite_file, keras_file = member_files(k)
+        with tempfile.TemporaryDirectory() as tmp:
+            # A compiled model saves its optimizer state too; reloading without compiling drops it.
+            model.save(Path(tmp) / keras_file)
+            clean = keras.saving.load_model(Path(tmp) / keras_file, compile=False)
+        clean.save(out / keras_file)
+        clean.export(str(out / tflite_file), format="litert", verbose=False)
+        entries.append({"model_file": tflite_file, "keras_file": keras_file, "input_size": recipe.size,
+                        "alpha": recipe.alpha})
+    written = {name for k in range(len(members)) for name in member_files(k)}
+    for stray in out.glob("mask_classifier_*.*"):  # a smaller model replacing an ensemble
+        if stray.name not in written:
+            stray.unlink()
     contract = {
         "labels": list(LABELS),
-        "input_size": recipe.size,
-        "crop_margin": recipe.margin,
+        "crop_margin": margins.pop(),
         "crop": "square around the face box, side = longer box side * (1 + 2 * crop_margin); "
-                "outside the image the edge repeats (webapp/vision/crop.py)",
+                "outside the image the edge repeats (webapp/vision/crop.py), cut at each member's input size",
         "color": "RGB",
         "scaling": "x / 127.5 - 1 (float32 in [-1, 1])",
-        "alpha": recipe.alpha,
         "architecture": "MobileNetV2 (ImageNet) + global average pooling + dropout + dense softmax",
-        **(calibration or {}),
+        "members": entries,
+        "combine": "mean of the members' softmax outputs, then the temperature and decision offsets",
+        **(decisions or {}),
     }
     (out / LABELS_FILE).write_text(json.dumps(contract, indent=2) + "\n")

@@ -305,12 +305,20 @@ def better_rule(variants: dict[str, Any], variant: str) -> str:
     return "offsets" if _kaggle_f1(section["offsets"]) > _kaggle_f1(section["argmax"]) else "argmax"
 
 
-def served_variant(variants: dict[str, Any]) -> tuple[str, str]:
+def served_variant(variants: dict[str, Any], mirror: bool = True) -> tuple[str, str]:
     """(variant, rule) still images are served with, from a model's folds: the mirrored crop
-    averaged in only where it raises the mean kaggle macro-F1 with argmax, then ``better_rule``."""
-    flip = _kaggle_f1(variants["flip_tta"]["argmax"]) > _kaggle_f1(variants["plain"]["argmax"])
+    averaged in only where it may be (``mirror``) and raises the mean kaggle macro-F1 with
+    argmax, then ``better_rule``."""
+    flip = mirror and _kaggle_f1(variants["flip_tta"]["argmax"]) > _kaggle_f1(variants["plain"]["argmax"])
     variant = "flip_tta" if flip else "plain"
     return variant, better_rule(variants, variant)
+
+
+def may_mirror(config: dict[str, Any]) -> bool:
+    """Whether a run's model may read still images mirrored too: a single network may; an
+    ensemble may not, its mirrored pair costing twice its ~2.5 ms per face (bench/classifier.py),
+    over the 3 ms budget."""
+    return "members" not in config
 
 
 def _kaggle_f1(report: dict[str, Any]) -> float:

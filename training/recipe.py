@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 from webapp.vision.crop import DEFAULT_MARGIN
 
@@ -50,6 +50,21 @@ class Recipe:
         """A recorded recipe with the fields added since at their defaults (which reproduce what
         runs before those fields did), so old and new records compare."""
         return asdict(cls(**recorded))
+
+    def changed(self, spec: str) -> "Recipe":
+        """This recipe with the changes ``FIELD=VALUE,...`` (``alpha=1.0,size=160``): how the
+        command line names an ensemble's further members."""
+        default, changes = asdict(self), {}
+        for item in filter(None, (part.strip() for part in spec.split(","))):
+            name, sep, value = item.partition("=")
+            key = name.strip().replace("-", "_")
+            if not sep or key not in default:
+                raise ValueError(f"{item!r}: expected FIELD=VALUE with FIELD one of {', '.join(default)}")
+            try:
+                changes[key] = type(default[key])(value.strip())
+            except ValueError:
+                raise ValueError(f"{item!r}: {value.strip()!r} is not a {type(default[key]).__name__}") from None
+        return replace(self, **changes)
 
     def as_dict(self) -> dict:
         return asdict(self)

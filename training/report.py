@@ -21,8 +21,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from training.oof import served_variant  # noqa: E402
+from training.oof import may_mirror, served_variant  # noqa: E402
 from training.recipe import Recipe  # noqa: E402
+from webapp.vision.classifier import contract_members  # noqa: E402
 from webapp.vision.labels import LABELS  # noqa: E402
 
 SOURCES_NOTE = {
@@ -33,20 +34,35 @@ SOURCES_NOTE = {
 }
 
 
+def members(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """The networks of a trained model as ``training.train`` records them (runs from before
+    ensembles recorded their one network at the top level)."""
+    if "members" in metrics:
+        return metrics["members"]
+    return [{"recipe": metrics["recipe"], "cv_dir": metrics["cv_dir"], "model_file": "mask_classifier.tflite",
+             "history": metrics["history"], "epoch_curve": metrics["cv"]["epoch_curve"],
+             "fold_seconds": metrics["cv"]["fold_seconds"],
+             "tflite_vs_keras_max_abs_diff": metrics["tflite_vs_keras_max_abs_diff"]}]
+
+
+def _network_name(recipe: dict[str, Any]) -> str:
+    return f"α {recipe['alpha']:g}, {recipe['size']} px"
+
+
 def write_plots(metrics: dict[str, Any], out: Path) -> None:
     """training_curves.png, confusion_matrix.png and reliability.png."""
-    history, curve = metrics["history"], metrics["cv"]["epoch_curve"]
-    head = metrics["recipe"]["head_epochs"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    ax1.plot(range(1, len(history["loss"]) + 1), history["loss"], label="final fit: train loss (augmented)")
+    for member in members(metrics):
+        name, history, curve = _network_name(member["recipe"]), member["history"], member["epoch_curve"]
+        ax1.plot(range(1, len(history["loss"]) + 1), history["loss"], label=f"{name}: final fit, train loss")
+        ax2.plot(range(1, len(curve) + 1), curve, label=f"{name}: held-out fold, kaggle macro-F1 (fold mean)")
+        for ax in (ax1, ax2):
+            ax.axvline(member["recipe"]["head_epochs"] + 0.5, color="grey", ls="--", lw=0.8)
     ax1.set_xlabel("epoch")
-    ax1.legend()
-    ax2.plot(range(1, len(curve) + 1), curve, label="held-out fold, kaggle-facemask macro-F1 (mean of folds)")
+    ax1.legend(fontsize=8)
     ax2.set_xlabel("epoch")
     ax2.set_ylim(0, 1)
-    ax2.legend(loc="lower right")
-    for ax in (ax1, ax2):
-        ax.axvline(head + 0.5, color="grey", ls="--", lw=0.8)
+    ax2.legend(loc="lower right", fontsize=8)
     ax2.set_title("cross-validation; dashed: fine-tuning starts", fontsize=9)
     fig.tight_layout()
     fig.savefig(out / "training_curves.png", dpi=90)
@@ -152,11 +168,15 @@ def _mean_std(cell: dict) -> str:
     return f"{cell['mean']:.3f}" + (f" ± {cell['std']:.3f}" if cell["std"] is not None else "")
 
 
-def _recipe_diff(recipe: dict, datasets: list[str], reference: dict) -> str:
-    """A candidate described by what differs from the shipped recipe."""
+def _recipe_diff(config: dict, reference: dict) -> str:
+    """A candidate described by what differs from the shipped (first network's) recipe; an
+    ensemble by its members."""
+    if "members" in config:
+        return "ensemble (mean softmax) of " + " + ".join(
+            f"`{run}` ({_network_name(recipe)})" for run, recipe in zip(config["members"], config["recipes"]))
     shipped = Recipe.normalised(reference["recipe"])
-    changes = [f"{k} {v}" for k, v in Recipe.normalised(recipe).items() if shipped[k] != v]
-    missing = sorted(set(reference["datasets"]) - set(datasets))
+    changes = [f"{k} {v}" for k, v in Recipe.normalised(config["recipe"]).items() if shipped[k] != v]
+    missing = sorted(set(reference["datasets"]) - set(config["datasets"]))
     changes += [f"without {d}" for d in missing]
     return ", ".join(changes) or "(same recipe)"
 
@@ -190,13 +210,16 @@ def _cv_lines(m: dict) -> list[str]:
          "|---|" + "---|" * len(keys),
          "| target | " + " | ".join(f"≥ {TARGETS[k]:.2f}" if k in TARGETS else "–" for k in keys) + " |"]
     reference = {"recipe": m["recipe"], "datasets": m["datasets"]}
-    rows = [(f"**shipped** (`{m['cv_dir']}`)", m["cv"])] + [
-        (f"`{path}`: {_recipe_diff(cv['config']['recipe'], cv['config']['datasets'], reference)}", cv)
+    shipped_name = "**shipped**" + (f": {_recipe_diff(m['cv']['config'], reference)}"
+                                    if len(members(m)) > 1 else "")
+    rows = [(f"{shipped_name} (`{m['cv_dir']}`)", m["cv"])] + [
+        (f"`{path}`: {_recipe_diff(cv['config'], reference)}", cv)
         for path, cv in m["compare"].items() if path != m["cv_dir"]]
     for name, cv in rows:
         cells = cv["variants"][variant][rule]["mean_std"]
         L.append(f"| {name} | " + " | ".join(_mean_std(cells[k]) for k in keys) + " |")
-    served_by_path = {path: served_variant(cv["variants"]) for path, cv in m["compare"].items() if path != m["cv_dir"]}
+    served_by_path = {path: served_variant(cv["variants"], may_mirror(cv["config"]))
+                      for path, cv in m["compare"].items() if path != m["cv_dir"]}
     own = [(path, served, m["compare"][path]) for path, served in served_by_path.items() if served != (variant, rule)]
     if own:
         L += ["", "Candidates whose own folds would serve still images another way (`training.train` takes "
@@ -275,7 +298,7 @@ def _live_sentence(m: dict) -> str:
 def write_model_card(out: Path) -> None:
     m = json.loads((out / "metrics.json").read_text())
     contract = json.loads((out / "labels.json").read_text())
-    r = m["recipe"]
+    nets, folds = members(m), len(m["cv"]["fold_seconds"])
     L: list[str] = [
         "# Model card: maskwatch mask classifier",
         "",
@@ -285,39 +308,49 @@ def write_model_card(out: Path) -> None:
         "",
         "## What it does",
         f"Classifies one face crop as {', '.join(f'`{lab}`' for lab in LABELS)}. The server crops each "
-        "detected face with `webapp/vision/crop.py` (the same function training used) and runs "
-        "`mask_classifier.tflite` (fp32) with LiteRT. `mask_classifier.keras` is the same network "
-        "for Keras (no optimizer state).",
+        "detected face with `webapp/vision/crop.py` (the same function training used) at each network's "
+        "input size and runs the fp32 TFLite file(s) with LiteRT"
+        + (", averaging the networks' softmax outputs (an ensemble) before the decisions below." if len(nets) > 1
+           else ".") + " Each `.keras` file is the same network for Keras (no optimizer state).",
         "",
-        f"- Architecture: {contract['architecture']}, width α = {contract['alpha']}, "
-        f"input {contract['input_size']}×{contract['input_size']} RGB.",
+        f"- Architecture: {contract['architecture']}; networks: " + "; ".join(
+            f"`{entry['model_file']}` α = {entry['alpha']:g}, input {entry['input_size']}×{entry['input_size']} RGB"
+            for entry in contract_members(contract)) + ".",
         f"- Preprocessing contract (`labels.json`): crop margin {contract['crop_margin']} — "
         f"{contract['crop']}; scaling {contract['scaling']}.",
         f"- Decisions (`labels.json`, chosen on out-of-fold predictions): temperature "
         f"{contract.get('temperature', 1.0):.3f}, mirrored crop averaged in: "
         f"{'yes' if contract.get('flip_average') else 'no'}, class offsets {contract.get('decision_offsets')}, "
         f"unsure below {contract.get('unsure_below')}.",
-        f"- Backbone weights: Keras' ImageNet MobileNetV2 (α {contract['alpha']}, the 224 px file, "
-        "applied at the model's input size).",
+        "- Backbone weights: Keras' ImageNet MobileNetV2 (the 224 px file of each width, applied at the "
+        "network's input size).",
         "",
         "## How it was made",
         f"- Command: `{m['command']}` (datasets from `MASKWATCH_DATA`, weights from `MASKWATCH_WEIGHTS`); "
-        f"it cross-validates the recipe ({len(m['cv']['fold_seconds'])} folds, reusing finished folds in "
-        f"`{m['cv_dir']}`) and then "
-        "trains the shipped model on all development images.",
-        f"- Recipe: seed {r['seed']}; balance `{r['balance']}`; label smoothing {r['label_smoothing']}; "
-        f"hand-over-mouth occlusion on {r['occlusion']:.0%} of unmasked training crops; head "
-        f"{r['head_epochs']} epochs at lr {r['head_lr']}, then the top {r['finetune_layers']} backbone "
-        f"layers (BatchNorm frozen) {r['finetune_epochs']} epochs at lr {r['finetune_lr']}, batch "
-        f"{r['batch_size']}; a fixed epoch count (the held-out curve in the plot below), no early stopping.",
+        f"it cross-validates each network ({folds} folds, reusing finished folds in "
+        + ", ".join(f"`{net['cv_dir']}`" for net in nets)
+        + (f"; the ensemble's out-of-fold summary in `{m['cv_dir']}`" if len(nets) > 1 else "")
+        + ") and then trains the shipped network(s) on all development images.",
+    ]
+    for net in nets:
+        r = net["recipe"]
+        L.append(
+            f"- Recipe{f' of {_network_name(r)}' if len(nets) > 1 else ''}: seed {r['seed']}; balance "
+            f"`{r['balance']}`; label smoothing {r['label_smoothing']}; hand-over-mouth occlusion on "
+            f"{r['occlusion']:.0%} of unmasked training crops; head {r['head_epochs']} epochs at lr "
+            f"{r['head_lr']}, then the top {r['finetune_layers']} backbone layers (BatchNorm frozen) "
+            f"{r['finetune_epochs']} epochs at lr {r['finetune_lr']}, batch {r['batch_size']}; a fixed epoch "
+            "count (the held-out curve in the plot below), no early stopping.")
+    fold_minutes = sum(sum(net["fold_seconds"]) for net in nets) / 60
+    L += [
         "- Augmentation: box jitter (centre ±8 %, size ×exp(N(0, 0.12))), flips, rotation ±12°, "
         "down-then-up scaling to 12–64 px, blur, brightness/contrast, colour cast, JPEG re-encoding.",
         f"- Versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items())}. On the 2-core CPU the "
-        f"{len(m['cv']['fold_seconds'])} cross-validation folds took {sum(m['cv']['fold_seconds']) / 60:.0f} min "
+        f"{folds} cross-validation folds of {len(nets)} network(s) took {fold_minutes:.0f} min "
         f"(trained once, reused when the folder holds them) and the command {m['train_seconds'] / 60:.0f} min "
-        "more (the final fit, export and report).",
-        f"- TFLite vs Keras on 64 validation crops: max probability difference "
-        f"{m['tflite_vs_keras_max_abs_diff']:.1e}.",
+        "more (the final fits, export and report; a final fit already in its CV folder is reused).",
+        "- TFLite vs Keras on 64 validation crops, max probability difference: " + ", ".join(
+            f"{_network_name(net['recipe'])} {net['tflite_vs_keras_max_abs_diff']:.1e}" for net in nets) + ".",
         "",
         "## Data",
         "Split by source image (all faces of one image, near-duplicate pictures and the variants of one "
@@ -386,19 +419,16 @@ def refresh_cv(model_dir: Path, add: list[Path] | None = None) -> None:
     another candidate (``add``) finished its cross-validation. Summaries whose folder is not
     here (``runs/`` is local: another checkout, or a candidate kept from a replaced model) stay
     as recorded."""
-    from training.oof import candidate_summary, load_folds, summarise
+    from training.ensemble_cv import summarise_folder as summary
+    from training.oof import candidate_summary
 
     path = model_dir / "metrics.json"
     m = json.loads(path.read_text())
 
-    def summary(folder: Path) -> dict:
-        config = json.loads((folder / "config.json").read_text())
-        return summarise(load_folds(folder, int(config["folds"])), config)
-
     def here(name: str) -> bool:
         return (Path(name) / "config.json").is_file()
     if here(m["cv_dir"]):
-        m["cv"] = {k: v for k, v in summary(Path(m["cv_dir"])).items() if k != "config"}
+        m["cv"] = summary(Path(m["cv_dir"]))
     compare = m.get("compare", {})
     names = list(compare) + [str(p) for p in add or [] if str(p) not in compare]
     m["compare"] = {name: candidate_summary(summary(Path(name))) if here(name) or name not in compare

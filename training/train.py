@@ -4,9 +4,18 @@ Reads top to bottom: data, cross-validation of the recipe, the serving decisions
 out-of-fold predictions, the final model on all development images, export, and the report on
 the validation split (held out of everything above). Usage::
 
-    python -m training.train                  # the shipped recipe -> runs/classifier/
+    python -m training.train                  # the shipped ensemble -> runs/classifier/
     python -m training.train --out model/     # ... and replace the shipped model
-    python -m training.train --cv runs/cv/imfd-occ-ls --out runs/x   # reuse a finished CV run
+    python -m training.train --cv runs/cv/s224 runs/cv/a100-s160 --out runs/x   # reuse finished CV runs
+    python -m training.train --ensemble       # one network only (the recipe flags)
+
+The shipped model is an ensemble of two networks: the recipe given by the flags (MobileNetV2
+α 0.35 at 224 px) and the same recipe at α 1.0 and 160 px (``--ensemble alpha=1.0,size=160``);
+their mean softmax output decided better in cross-validation than either alone
+(``training.ensemble_cv``). Each network is cross-validated, the ensemble's decisions are taken
+from the members' out-of-fold predictions, then each is fitted on all development images.
+A finished final fit is kept in its recipe's CV folder (``final.keras``), so a re-run after a
+stop trains only what is missing.
 
 Which data chose what: the epoch count, the recipe, the temperature, the decision rule and
 flip averaging were chosen on out-of-fold predictions of the development images
@@ -29,6 +38,7 @@ import numpy as np
 
 from training.crossval import RUN_KEYS, development_faces, load_splits, run_crossval, start_run
 from training.datasets import ALL_DATASETS, KAGGLE, describe_split, face_counts
+from training.ensemble_cv import crossval_ensemble, summarise_folder
 from training.faces import FaceSet
 from training.fit import export_classifier, fit_classifier
 from training.metrics import SIZE_BUCKETS, classifier_section, format_report, size_bucket
@@ -37,15 +47,18 @@ from training.oof import (
     better_rule,
     candidate_summary,
     expected_calibration_error,
+    may_mirror,
     reliability,
     served_variant,
 )
 from training.recipe import Recipe
-from webapp.vision.classifier import LABELS_FILE, MaskClassifier
-from webapp.vision.crop import to_model_input
+from webapp.vision.classifier import LABELS_FILE, MaskClassifier, Member
 from webapp.vision.labels import LABELS
 
 log = logging.getLogger("training.train")
+
+# The shipped ensemble's second network: the first's recipe with a wider backbone at a smaller input.
+DEFAULT_SECOND_MEMBER = "alpha=1.0,size=160"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -55,21 +68,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--datasets", nargs="+", default=list(ALL_DATASETS), choices=ALL_DATASETS)
     p.add_argument("--out", type=Path, default=Path("runs/classifier"),
                    help="output folder (default: runs/classifier; model/ replaces the shipped model)")
-    p.add_argument("--cv", type=Path, help="cross-validation folder of this recipe (default: "
-                   "runs/cv/recipe-<hash>; finished folds are reused, missing ones trained)")
+    p.add_argument("--cv", type=Path, nargs="+", help="cross-validation folder of each network, in order "
+                   "(default: runs/cv/recipe-<hash>; finished folds are reused, missing ones trained)")
+    p.add_argument("--ensemble", nargs="*", default=[DEFAULT_SECOND_MEMBER], metavar="FIELD=VALUE,...",
+                   help="further networks of the ensemble, each the recipe of the flags with these changes "
+                   f"(default: {DEFAULT_SECOND_MEMBER}, the shipped ensemble); --ensemble alone: one network")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--compare", type=Path, nargs="*", default=[],
                    help="other CV folders (cv.json) to list in the model card's candidate table")
     p.add_argument("--limit-images", type=int, help="use only this many images per dataset (smoke tests)")
     p.add_argument("--serving-only", action="store_true",
-                   help="only re-derive the serving decisions of the model in --out from its finished --cv")
+                   help="only re-derive the serving decisions of the model in --out from its finished "
+                   "cross-validation (--cv: the ensemble's folder, or the single network's)")
     Recipe.add_arguments(p)
     return p.parse_args(argv)
 
 
 def serving_decisions(cv: dict) -> dict:
     """What the server does with the model's output, chosen on out-of-fold predictions:
-    flip averaging and class offsets only where they raise the mean kaggle-facemask macro-F1.
+    flip averaging (single networks only: ``oof.may_mirror``) and class offsets only where they
+    raise the mean kaggle-facemask macro-F1.
 
     Live video reads a single crop even when still images are read mirrored too: it halves the
     classifier's cost per frame, and the tracker's vote over a person's frames stands in for the
@@ -81,7 +99,7 @@ def serving_decisions(cv: dict) -> dict:
         return {"temperature": chosen["calibration"]["temperature"], "flip_average": variant == "flip_tta",
                 "decision_offsets": chosen["offsets"]["chosen_on_all_folds"] if offsets else [0.0] * len(LABELS)}
 
-    variant, _ = served_variant(cv["variants"])
+    variant, _ = served_variant(cv["variants"], may_mirror(cv["config"]))
     still = decisions(variant)
     flip = variant == "flip_tta"
     return {**still, "unsure_below": UNSURE_BELOW, "live": decisions("plain") if flip else still}
@@ -90,7 +108,7 @@ def serving_decisions(cv: dict) -> dict:
 def refresh_serving(out: Path, cv_dir: Path) -> dict:
     """Re-derive the serving decisions of the model in ``out`` from its finished cross-validation
     (``cv_dir/cv.json``) without training again: ``labels.json`` and ``metrics.json`` follow."""
-    decisions = serving_decisions(json.loads((cv_dir / "cv.json").read_text()))
+    decisions = serving_decisions(summarise_folder(cv_dir))
     contract = json.loads((out / LABELS_FILE).read_text())
     (out / LABELS_FILE).write_text(json.dumps({**contract, **decisions}, indent=2) + "\n")
     metrics = json.loads((out / "metrics.json").read_text())
@@ -105,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.serving_only:
         if args.cv is None:
             raise SystemExit("--serving-only needs --cv DIR (the model's finished cross-validation)")
-        print(json.dumps(refresh_serving(args.out, args.cv), indent=2))
+        if len(args.cv) != 1:
+            raise SystemExit("--serving-only takes one --cv folder: the model's (the ensemble's, for an ensemble)")
+        print(json.dumps(refresh_serving(args.out, args.cv[0]), indent=2))
         from training.report import write_model_card
         write_model_card(args.out)
         return 0
@@ -122,19 +142,33 @@ def main(argv: list[str] | None = None) -> int:
     print(describe_split(dev_samples, val_samples).replace(" train ", " dev   "))
 
     # ---- Cross-validation: scores, calibration and the decision rule ---------------------------
-    cv_dir = args.cv or Path("runs/cv") / ("recipe-" + _recipe_hash(config))
-    cv = run_crossval(faces, fold_of, recipe, cv_dir, config)
+    try:
+        members = [recipe] + [recipe.changed(spec) for spec in args.ensemble]
+    except ValueError as exc:
+        raise SystemExit(f"--ensemble: {exc}") from None
+    configs = [{**config, "recipe": member.as_dict()} for member in members]
+    cv_dirs = args.cv or [Path("runs/cv") / ("recipe-" + _recipe_hash(c)) for c in configs]
+    if len(cv_dirs) != len(members):
+        raise SystemExit(f"--cv names {len(cv_dirs)} folders for {len(members)} networks")
+    member_cvs = [run_crossval(faces, fold_of, member, d, c) for member, d, c in zip(members, cv_dirs, configs)]
+    if len(members) == 1:
+        cv_dir, cv = cv_dirs[0], member_cvs[0]
+    else:
+        cv_dir = cv_dirs[0].parent / ("ensemble-" + hashlib.sha1(
+            json.dumps([_recipe_hash(c) for c in configs]).encode()).hexdigest()[:10])
+        cv = crossval_ensemble(cv_dirs, cv_dir, command)
     decisions = serving_decisions(cv)
     log.info("serving decisions from %s: %s", cv_dir, decisions)
 
-    # ---- The final model: every development face, the same recipe ------------------------------
-    model, history = fit_classifier(faces, recipe)
-    export_classifier(model, recipe, args.out, {**decisions, "chosen_on": f"out-of-fold predictions, {cv_dir}"})
+    # ---- The final networks: every development face, the same recipes --------------------------
+    fits = [final_fit(faces, member, d) for member, d in zip(members, cv_dirs)]
+    export_classifier([(model, member) for (model, _), member in zip(fits, members)], args.out,
+                      {**decisions, "chosen_on": f"out-of-fold predictions, {cv_dir}"})
 
-    # ---- Report on the validation split, with the TFLite file as served ------------------------
+    # ---- Report on the validation split, with the TFLite files as served -----------------------
     served = MaskClassifier(args.out)
     val_faces = FaceSet(val_samples, desc="val images")
-    val_x = to_model_input(val_faces.crops(recipe.size, recipe.margin))
+    val_x = val_faces.model_inputs(served)
     probs = served.predict_proba(val_x)
     predictions = served.decide(probs)
     metrics = evaluate_predictions(val_faces.labels, predictions, val_faces)
@@ -144,15 +178,19 @@ def main(argv: list[str] | None = None) -> int:
         "datasets": args.datasets,
         "serving": decisions,
         "cv_dir": str(cv_dir),
-        "cv": {k: cv[k] for k in ("faces", "fold_seconds", "epoch_curve", "variants")},
-        "compare": {name: summary for name, summary in {
-            **replaced, **{str(p): candidate_summary(json.loads((p / "cv.json").read_text()))
-                           for p in args.compare if (p / "cv.json").exists()}}.items() if name != str(cv_dir)},
+        "cv": {k: cv[k] for k in ("config", "faces", "fold_seconds", "epoch_curve", "variants")},
+        "members": [{"recipe": member.as_dict(), "cv_dir": str(d), "model_file": m.path.name,
+                     "epoch_curve": mcv["epoch_curve"],
+                     "fold_seconds": mcv["fold_seconds"], "history": history,
+                     "tflite_vs_keras_max_abs_diff": _tflite_vs_keras(m, model, val_x[m.input_size][:64])}
+                    for member, d, mcv, m, (model, history) in zip(members, cv_dirs, member_cvs, served.members, fits)],
+        "compare": {name: summary for name, summary in {  # each network alone is a candidate too
+            **replaced, **{str(d): candidate_summary(mcv) for d, mcv in zip(cv_dirs, member_cvs)},
+            **{str(p): candidate_summary(summarise_folder(p)) for p in args.compare if (p / "config.json").exists()}
+        }.items() if name != str(cv_dir)},
         "val_calibration": {"ece": expected_calibration_error(probs, val_faces.labels),
                             "reliability": reliability(probs, val_faces.labels)},
         "split": {"dev": _counts(dev_samples), "val": _counts(val_samples)},
-        "history": history,
-        "tflite_vs_keras_max_abs_diff": _tflite_vs_keras(served, model, val_x[:64]),
         "train_seconds": round(time.time() - started, 1),
         "versions": {"keras": keras.__version__, "tensorflow": _tf_version(), "numpy": np.__version__},
     })
@@ -167,6 +205,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def final_fit(faces: FaceSet, recipe: Recipe, cv_dir: Path) -> tuple[keras.Model, dict]:
+    """The network of ``recipe`` fitted on every development face, kept in its CV folder
+    (``final.keras``, ``final_history.json``; the folder holds one recipe and data only) so a
+    re-run after a stop, or of another ensemble with this member, does not fit it again."""
+    model_file, history_file = cv_dir / "final.keras", cv_dir / "final_history.json"
+    if model_file.is_file() and history_file.is_file():
+        log.info("final fit of %s reused (%s)", cv_dir, model_file)
+        return keras.saving.load_model(model_file, compile=False), json.loads(history_file.read_text())
+    model, history = fit_classifier(faces, recipe)
+    model.save(model_file)
+    history_file.write_text(json.dumps(history) + "\n")
+    return model, history
+
+
 def replaced_candidates(out: Path) -> dict[str, dict]:
     """The candidate table of the model a run replaces in ``out``: its own cross-validation and
     the candidates it was compared with. The card keeps the whole history of recipes tried, even
@@ -177,8 +229,8 @@ def replaced_candidates(out: Path) -> dict[str, dict]:
     m = json.loads(path.read_text())
     if "cv" not in m:
         return {}
-    config = {"recipe": m["recipe"], "folds": len(m["cv"]["fold_seconds"]), "datasets": m["datasets"],
-              "command": m["command"]}
+    config = m["cv"].get("config") or {"recipe": m["recipe"], "folds": len(m["cv"]["fold_seconds"]),
+                                       "datasets": m["datasets"], "command": m["command"]}
     own = candidate_summary({"config": config, "variants": m["cv"]["variants"]})
     log.info("keeping the %d candidates of the model replaced in %s", len(m.get("compare", {})) + 1, out)
     return {**m.get("compare", {}), m["cv_dir"]: own}
@@ -198,9 +250,9 @@ def _tf_version() -> str:
     return tf.__version__
 
 
-def _tflite_vs_keras(served: MaskClassifier, model: keras.Model, x: np.ndarray) -> float:
-    """Largest difference between the raw TFLite and Keras probabilities (export fidelity)."""
-    return float(np.abs(served.raw_proba(x) - model.predict(x, verbose=0)).max())
+def _tflite_vs_keras(member: Member, model: keras.Model, x: np.ndarray) -> float:
+    """Largest difference between one network's raw TFLite and Keras probabilities (export fidelity)."""
+    return float(np.abs(member.raw_proba(x) - model.predict(x, verbose=0)).max())
 
 
 def evaluate_predictions(y_true: np.ndarray, y_pred: np.ndarray, faces: FaceSet) -> dict:

@@ -12,7 +12,7 @@ from webapp import __version__
 from webapp.config import PROJECT_ROOT
 from webapp.history import History, HistoryUnavailable, parse_since
 from webapp.stats import local_midnight
-from webapp.vision.classifier import MODEL_FILE
+from webapp.vision.classifier import MODEL_FILE, contract_members, read_contract
 from webapp.vision.trained_detector import DETECTOR_FILE
 
 bp = Blueprint("views", __name__)
@@ -62,6 +62,8 @@ def healthz():
         "status": "ok",
         "version": __version__,
         "model": _file_info(model_dir / MODEL_FILE),
+        "classifier_models": [_file_info(model_dir / m["model_file"])
+                              for m in contract_members(read_contract(model_dir))],
         "detector": service.settings.detector,
         "detector_model": _file_info(detector_file) if service.settings.detector == "trained" else None,
         "async_mode": service.settings.async_mode,

@@ -1,10 +1,16 @@
-"""Serving side of the mask classifier: the fp32 TFLite file run by LiteRT, no TensorFlow.
+"""Serving side of the mask classifier: fp32 TFLite files run by LiteRT, no TensorFlow.
 
 ``labels.json`` next to the model is the contract written at training time: preprocessing
-(label order, input size, crop margin, scaling) and the decisions chosen on out-of-fold
-predictions (``training.crossval``): the temperature that makes ``score`` a calibrated
-probability, whether a face is also read mirrored, per-class decision offsets, and the
-probability below which a face is "unsure". A retrained model needs no code change.
+(label order, crop margin, scaling), the networks (``members``: one file and input side each)
+and the decisions chosen on out-of-fold predictions (``training.crossval``): the temperature
+that makes ``score`` a calibrated probability, whether a face is also read mirrored, per-class
+decision offsets, and the probability below which a face is "unsure". A retrained model needs
+no code change.
+
+Several members make an ensemble: each reads the face at its own input side and their raw
+softmax outputs are averaged before the temperature and offsets, exactly as the ensemble was
+cross-validated (``training.ensemble_cv``). A narrow backbone at 224 px and a wide one at
+160 px see a face differently, and together they decide large faces better than either.
 
 Live video may use its own decisions (``live`` in the contract): a single crop instead of the
 mirrored pair halves the classifier's cost per frame, and the tracker's vote over a person's
@@ -18,15 +24,20 @@ import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from webapp.vision.crop import Box, crop_faces
 from webapp.vision.labels import LABELS
 from webapp.vision.litert import InterpreterUnavailable, load_interpreter
 
 MODEL_FILE = "mask_classifier.tflite"
 LABELS_FILE = "labels.json"
+
+# Model input batches by input side: float32 (N, S, S, 3) crops of the same faces, one per
+# distinct member input side (``MaskClassifier.crop`` makes them).
+Inputs = Mapping[int, np.ndarray]
 
 
 class ModelFilesError(RuntimeError):
@@ -59,6 +70,14 @@ class Prediction:
     unsure: bool = False  # score below the model's unsure threshold: not counted, drawn grey
 
 
+def contract_members(contract: dict[str, Any]) -> list[dict[str, Any]]:
+    """The networks of a contract: ``members``, or (models from before ensembles) the one
+    ``mask_classifier.tflite`` at the top-level ``input_size``."""
+    if "members" in contract:
+        return contract["members"]
+    return [{"model_file": MODEL_FILE, "input_size": contract["input_size"], "alpha": contract.get("alpha")}]
+
+
 def read_contract(model_dir: Path) -> dict[str, Any]:
     """The preprocessing contract (labels.json) of a model folder."""
     path = Path(model_dir) / LABELS_FILE
@@ -69,75 +88,106 @@ def read_contract(model_dir: Path) -> dict[str, Any]:
                               "or restore model/ from git") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelFilesError(f"{path} is not valid JSON: {exc}") from None
-    for key in ("labels", "input_size", "crop_margin"):
+    for key in ("labels", "crop_margin"):
         if key not in contract:
             raise ModelFilesError(f"{path} lacks {key!r}")
+    if "members" not in contract and "input_size" not in contract:
+        raise ModelFilesError(f"{path} lacks 'members' (or, for a single network, 'input_size')")
+    members = contract_members(contract)
+    if not isinstance(members, list) or not members or not all(
+            isinstance(m, dict) and isinstance(m.get("model_file"), str) and isinstance(m.get("input_size"), int)
+            and m["input_size"] > 0 for m in members):
+        raise ModelFilesError(f"{path}: 'members' must list networks as {{model_file, input_size}}")
     unknown = set(contract["labels"]) - set(LABELS)
     if unknown:
         raise ModelFilesError(f"{path} has unknown labels {sorted(unknown)}")
     return contract
 
 
-class MaskClassifier:
-    """Classifies batches of face crops (float32, N x S x S x 3, scaled by ``crop.to_model_input``).
+class Member:
+    """One network of the classifier: its TFLite interpreter and input side.
 
     One interpreter is not thread-safe, so calls are serialised with a lock; the server runs
     one inference worker anyway.
     """
 
+    def __init__(self, path: Path, input_size: int, n_labels: int, threads: int) -> None:
+        self.path, self.input_size = path, input_size
+        if not path.is_file():
+            raise ModelFilesError(f"missing {path}")
+        try:
+            self._interpreter = load_interpreter(path, threads)
+        except InterpreterUnavailable as exc:
+            raise ModelFilesError(str(exc)) from None
+        except ValueError as exc:
+            raise ModelFilesError(f"cannot load {path}: {exc}") from None
+        self._input = self._interpreter.get_input_details()[0]
+        self._output = self._interpreter.get_output_details()[0]
+        if tuple(self._input["shape"][1:]) not in ((input_size, input_size, 3), (-1, -1, 3)) \
+                or int(self._output["shape"][-1]) != n_labels:
+            raise ModelFilesError(f"{path} takes {list(self._input['shape'])} and gives "
+                                  f"{list(self._output['shape'])}; the contract says {input_size} px, "
+                                  f"{n_labels} labels")
+        if int(self._input["shape"][0]) != 1:
+            self._interpreter.resize_tensor_input(self._input["index"], [1, input_size, input_size, 3])
+            self._interpreter.allocate_tensors()
+        self._lock = threading.Lock()
+
+    def raw_proba(self, crops: np.ndarray) -> np.ndarray:
+        """The network's own softmax output for crops of shape (N, S, S, 3)."""
+        size = self.input_size
+        if crops.ndim != 4 or crops.shape[1:] != (size, size, 3):
+            raise ValueError(f"{self.path.name}: expected crops of shape (N, {size}, {size}, 3), got {crops.shape}")
+        out = np.zeros((crops.shape[0], int(self._output["shape"][-1])), np.float32)
+        # One face per invoke: on this CPU a batch brings no per-face gain (bench/classifier.py),
+        # and a fixed input shape avoids re-planning the interpreter whenever the face count changes.
+        with self._lock:
+            for i in range(crops.shape[0]):
+                self._interpreter.set_tensor(self._input["index"], np.ascontiguousarray(crops[i:i + 1], np.float32))
+                self._interpreter.invoke()
+                out[i] = self._interpreter.get_tensor(self._output["index"])[0]
+        return out
+
+
+class MaskClassifier:
+    """Classifies faces from model inputs (``Inputs``: crops per input side, ``crop``)."""
+
     def __init__(self, model_dir: Path, threads: int = 1) -> None:
         self.model_dir = Path(model_dir)
         self.contract = read_contract(self.model_dir)
         self.labels: tuple[str, ...] = tuple(self.contract["labels"])
-        self.input_size: int = int(self.contract["input_size"])
         self.margin: float = float(self.contract["crop_margin"])
         where = self.model_dir / LABELS_FILE
         self.still = Decisions.from_contract(self.contract, len(self.labels), where)
         self.live = Decisions.from_contract(self.contract["live"], len(self.labels), where) \
             if "live" in self.contract else self.still
         self.unsure_below = float(self.contract.get("unsure_below", 0.0))  # older models: never unsure
-        self.model_path = self.model_dir / MODEL_FILE
-        if not self.model_path.is_file():
-            raise ModelFilesError(f"missing {self.model_path}")
-        try:
-            self._interpreter = load_interpreter(self.model_path, threads)
-        except InterpreterUnavailable as exc:
-            raise ModelFilesError(str(exc)) from None
-        except ValueError as exc:
-            raise ModelFilesError(f"cannot load {self.model_path}: {exc}") from None
-        self._input = self._interpreter.get_input_details()[0]
-        self._output = self._interpreter.get_output_details()[0]
-        if int(self._input["shape"][0]) != 1:
-            self._interpreter.resize_tensor_input(self._input["index"], [1, self.input_size, self.input_size, 3])
-            self._interpreter.allocate_tensors()
-        self._lock = threading.Lock()
+        self.members = tuple(Member(self.model_dir / m["model_file"], int(m["input_size"]), len(self.labels), threads)
+                             for m in contract_members(self.contract))
+        self.input_sizes: tuple[int, ...] = tuple(dict.fromkeys(m.input_size for m in self.members))
 
-    def raw_proba(self, crops: np.ndarray) -> np.ndarray:
-        """The network's own softmax output, shape (N, len(labels))."""
-        size = self.input_size
-        if crops.ndim != 4 or crops.shape[1:] != (size, size, 3):
-            raise ValueError(f"expected crops of shape (N, {size}, {size}, 3), got {crops.shape}")
-        n = crops.shape[0]
-        out = np.zeros((n, len(self.labels)), np.float32)
-        # One face per invoke: on this CPU a batch brings no per-face gain (bench/classifier.py),
-        # and a fixed input shape avoids re-planning the interpreter whenever the face count changes.
-        with self._lock:
-            for i in range(n):
-                self._interpreter.set_tensor(self._input["index"], np.ascontiguousarray(crops[i:i + 1], np.float32))
-                self._interpreter.invoke()
-                out[i] = self._interpreter.get_tensor(self._output["index"])[0]
-        return out
+    def crop(self, image: np.ndarray, boxes: Sequence[Box]) -> dict[int, np.ndarray]:
+        """The model inputs for the faces ``boxes`` of one RGB image: each side cut from the
+        image itself (not resized from another side), as in training."""
+        return {size: crop_faces(image, boxes, size, self.margin) for size in self.input_sizes}
+
+    def raw_proba(self, inputs: Inputs) -> np.ndarray:
+        """The members' mean softmax output, shape (N, len(labels))."""
+        if not isinstance(inputs, Mapping) or set(inputs) != set(self.input_sizes):
+            raise ValueError(f"expected crops at input sides {list(self.input_sizes)} "
+                             "(a mapping side -> batch; MaskClassifier.crop makes it)")
+        return np.mean([m.raw_proba(inputs[m.input_size]) for m in self.members], axis=0).astype(np.float32)
 
     def decisions(self, live: bool) -> Decisions:
         return self.live if live else self.still
 
-    def predict_proba(self, crops: np.ndarray, live: bool = False) -> np.ndarray:
+    def predict_proba(self, inputs: Inputs, live: bool = False) -> np.ndarray:
         """Calibrated class probabilities, shape (N, len(labels)): the mirrored crop averaged in
         where the contract says so, then softmax(log p / temperature)."""
         d = self.decisions(live)
-        probs = self.raw_proba(crops)
+        probs = self.raw_proba(inputs)
         if d.flip_average:
-            probs = (probs + self.raw_proba(np.ascontiguousarray(crops[:, :, ::-1]))) / 2
+            probs = (probs + self.raw_proba({s: np.ascontiguousarray(x[:, :, ::-1]) for s, x in inputs.items()})) / 2
         if d.temperature == 1.0:
             return probs
         z = np.log(np.clip(probs, 1e-7, 1.0)) / d.temperature
@@ -148,7 +198,7 @@ class MaskClassifier:
         """Label index per row: argmax of log-probabilities plus the contract's class offsets."""
         return (np.log(np.clip(probs, 1e-7, 1.0)) + np.asarray(self.decisions(live).offsets)).argmax(axis=1)
 
-    def classify(self, crops: np.ndarray, live: bool = False) -> list[Prediction]:
-        probs = self.predict_proba(crops, live)
+    def classify(self, inputs: Inputs, live: bool = False) -> list[Prediction]:
+        probs = self.predict_proba(inputs, live)
         return [Prediction(self.labels[i], float(p[i]), tuple(float(v) for v in p), bool(p[i] < self.unsure_below))
                 for i, p in zip(self.decide(probs, live), probs)]

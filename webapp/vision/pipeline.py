@@ -19,7 +19,6 @@ import numpy as np
 from PIL import Image
 
 from webapp.vision.classifier import MaskClassifier
-from webapp.vision.crop import crop_faces
 from webapp.vision.detector import FaceDetector
 
 if TYPE_CHECKING:
@@ -200,9 +199,7 @@ class Pipeline:
         detections = [d for d in self.detector.detect(image, tiles=tiles)
                       if min(d.box[2] - d.box[0], d.box[3] - d.box[1]) >= self.min_face]
         t_detect = time.perf_counter()
-        crops = crop_faces(image, [d.box for d in detections], self.classifier.input_size,
-                           self.classifier.margin)
-        predictions = self.classifier.classify(crops, live=live)
+        predictions = self.classifier.classify(self.classifier.crop(image, [d.box for d in detections]), live=live)
         t_end = time.perf_counter()
         faces = [Face(d.box, p.label, p.score, d.score, p.unsure) for d, p in zip(detections, predictions)]
         ms = {"decode": (t_start - t0) * 1000, "detect": (t_detect - t_start) * 1000,
