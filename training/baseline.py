@@ -28,7 +28,7 @@ from training.faces import FaceSet
 from training.fit import install_offline_weights
 from training.metrics import classifier_section
 from webapp.config import Settings
-from webapp.vision.classifier import MaskClassifier
+from webapp.vision.classifier import LABELS_FILE, MaskClassifier
 from webapp.vision.crop import DEFAULT_MARGIN, to_model_input
 from webapp.vision.labels import LABELS
 
@@ -106,12 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     pred_val = fit_predict(x[~in_val], y[~in_val], x[in_val])
     rows.append(summary_row("baseline: frozen MobileNetV2-224 + logistic regression",
                             "our split: kaggle train -> kaggle val", y[in_val], pred_val, sides[in_val]))
-    if (args.model / "mask_classifier.tflite").exists():
+    if (args.model / LABELS_FILE).exists():
         served = MaskClassifier(args.model)
         val_faces = FaceSet(val_s, desc="kaggle val")
-        probs = served.predict_proba(val_faces.model_inputs(served))
+        decided = served.decide(served.predict_proba(val_faces.model_inputs(served)))  # as served
         rows.append(summary_row(f"shipped model ({args.model.name}/)", "our split: kaggle val",
-                                val_faces.labels, probs.argmax(1), val_faces.short_sides))
+                                val_faces.labels, decided, val_faces.short_sides))
     result = {"command": "python -m training.baseline " + " ".join(sys.argv[1:] if argv is None else argv),
               "description": "frozen ImageNet MobileNetV2 (α 1.0, 224 px) features of true boxes + "
                              "LogisticRegression(class_weight='balanced')",
