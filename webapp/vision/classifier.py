@@ -123,7 +123,7 @@ class Member:
             raise ModelFilesError(f"cannot load {path}: {exc}") from None
         self._input = self._interpreter.get_input_details()[0]
         self._output = self._interpreter.get_output_details()[0]
-        if tuple(self._input["shape"][1:]) not in ((input_size, input_size, 3), (-1, -1, 3)) \
+        if tuple(self._input["shape"][1:]) != (input_size, input_size, 3) \
                 or int(self._output["shape"][-1]) != n_labels:
             raise ModelFilesError(f"{path} takes {list(self._input['shape'])} and gives "
                                   f"{list(self._output['shape'])}; the contract says {input_size} px, "
