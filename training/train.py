@@ -38,7 +38,7 @@ import numpy as np
 
 from training.crossval import RUN_KEYS, development_faces, load_splits, run_crossval, start_run
 from training.datasets import ALL_DATASETS, KAGGLE, describe_split, face_counts
-from training.ensemble_cv import crossval_ensemble, summarise_folder
+from training.ensemble_cv import crossval_ensemble
 from training.faces import FaceSet
 from training.fit import export_classifier, fit_classifier
 from training.metrics import SIZE_BUCKETS, classifier_section, format_report, size_bucket
@@ -108,7 +108,7 @@ def serving_decisions(cv: dict) -> dict:
 def refresh_serving(out: Path, cv_dir: Path) -> dict:
     """Re-derive the serving decisions of the model in ``out`` from its finished cross-validation
     (``cv_dir/cv.json``) without training again: ``labels.json`` and ``metrics.json`` follow."""
-    decisions = serving_decisions(summarise_folder(cv_dir))
+    decisions = serving_decisions(json.loads((cv_dir / "cv.json").read_text()))
     contract = json.loads((out / LABELS_FILE).read_text())
     (out / LABELS_FILE).write_text(json.dumps({**contract, **decisions}, indent=2) + "\n")
     metrics = json.loads((out / "metrics.json").read_text())
@@ -186,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
                     for member, d, mcv, m, (model, history) in zip(members, cv_dirs, member_cvs, served.members, fits)],
         "compare": {name: summary for name, summary in {  # each network alone is a candidate too
             **replaced, **{str(d): candidate_summary(mcv) for d, mcv in zip(cv_dirs, member_cvs)},
-            **{str(p): candidate_summary(summarise_folder(p)) for p in args.compare if (p / "config.json").exists()}
+            **{str(p): candidate_summary(json.loads((p / "cv.json").read_text()))
+               for p in args.compare if (p / "cv.json").exists()}
         }.items() if name != str(cv_dir)},
         "val_calibration": {"ece": expected_calibration_error(probs, val_faces.labels),
                             "reliability": reliability(probs, val_faces.labels)},
