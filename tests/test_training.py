@@ -183,6 +183,19 @@ def test_focal_loss_recipe_trains(data_dir, weights_dir):
     assert probs.shape == (2, 3) and np.allclose(probs.sum(1), 1, atol=1e-5)
 
 
+@pytest.mark.parametrize("schedule, last_rate", [("constant", 1e-4), ("cosine", 0.0)])
+def test_finetune_rate_decays_to_zero_by_the_last_step_only_when_asked(schedule, last_rate):
+    from training.fit import finetune_rate
+    from training.recipe import Recipe
+
+    recipe = Recipe(finetune_lr=1e-4, finetune_epochs=4, finetune_schedule=schedule)
+    rate = finetune_rate(recipe, steps_per_epoch=10)
+    at = (lambda step: float(rate(step))) if callable(rate) else (lambda step: rate)
+    assert at(0) == pytest.approx(1e-4)
+    assert at(20) == pytest.approx(1e-4 if schedule == "constant" else 0.5e-4, rel=1e-4)
+    assert at(40) == pytest.approx(last_rate, abs=1e-9)
+
+
 @pytest.mark.parametrize("real_share, real_mask_incorrect_weight", [(0.0, 1.0), (0.5, 2.5), (0.1, 1.0)])
 def test_face_weights_give_real_photos_their_share_of_a_class(real_share, real_mask_incorrect_weight):
     from types import SimpleNamespace

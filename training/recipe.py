@@ -29,6 +29,7 @@ class Recipe:
     finetune_layers: int = 100
     head_lr: float = 1e-3
     finetune_lr: float = 1e-4
+    finetune_schedule: str = "constant"  # or "cosine": the fine-tune rate decays to 0 by the last epoch
     batch_size: int = 64
     seed: int = 1234
 
@@ -36,7 +37,8 @@ class Recipe:
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         """One command-line flag per field (``--label-smoothing``...), defaulting to the recipe."""
         default = cls()
-        choices = {"alpha": (0.35, 0.5, 0.75, 1.0, 1.3, 1.4), "balance": ("class_weight", "sampling", "none")}
+        choices = {"alpha": (0.35, 0.5, 0.75, 1.0, 1.3, 1.4), "balance": ("class_weight", "sampling", "none"),
+                   "finetune_schedule": ("constant", "cosine")}
         for f in fields(cls):
             parser.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(default, f.name)),
                                 default=getattr(default, f.name), choices=choices.get(f.name))

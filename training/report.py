@@ -339,8 +339,9 @@ def write_model_card(out: Path) -> None:
             f"`{r['balance']}`; label smoothing {r['label_smoothing']}; hand-over-mouth occlusion on "
             f"{r['occlusion']:.0%} of unmasked training crops; head {r['head_epochs']} epochs at lr "
             f"{r['head_lr']}, then the top {r['finetune_layers']} backbone layers (BatchNorm frozen) "
-            f"{r['finetune_epochs']} epochs at lr {r['finetune_lr']}, batch {r['batch_size']}; a fixed epoch "
-            "count (the held-out curve in the plot below), no early stopping.")
+            f"{r['finetune_epochs']} epochs at lr {r['finetune_lr']}"
+            f"{' decaying to 0 (cosine)' if r.get('finetune_schedule') == 'cosine' else ''}, "
+            f"batch {r['batch_size']}; a fixed epoch count (the held-out curve in the plot below), no early stopping.")
     fold_minutes = sum(sum(net["fold_seconds"]) for net in nets) / 60
     L += [
         "- Augmentation: box jitter (centre ±8 %, size ×exp(N(0, 0.12))), flips, rotation ±12°, "
