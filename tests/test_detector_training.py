@@ -1,6 +1,7 @@
 """The trained face detector's training side: the BlazeFace rebuild, the crops and targets, a tiny run."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -262,3 +263,48 @@ def test_size_thresholds_are_chosen_by_the_rule(rows, chosen):
 
     best = size_thresholds(rows)
     assert (None if best is None else (best["threshold"], best["threshold_large"])) == chosen
+
+
+def _detector_run(tmp_path, name: str, minutes: float, steps: int = 4000) -> Path:
+    """A folder with a detector_metrics.json as training.train_detector writes it (the parts a re-run reads)."""
+    folder = tmp_path / name
+    folder.mkdir()
+    tune = {"still_side": 512, "still_mirror": True, "threshold": 0.45, "precision": 0.95, "recall": 0.87}
+    run = {"commands": [f"python -m training.train_detector --out {folder}"], "seed": 1234, "steps": steps,
+           "train_seconds": minutes * 60, "other_seconds": 90.0}
+    (folder / "detector_metrics.json").write_text(json.dumps({"run": run, "tuning": tune}))
+    return folder
+
+
+def _evaluation(tmp_path, name: str, map50: float) -> Path:
+    row = {"detector": "trained", "map50": map50, "map50_min32": 0.86, "precision": 0.94,
+           "detections_per_image": 3.8, "ap50": {"mask_incorrect": 0.55}, "recall_min32": {"with_mask": 0.97}}
+    path = tmp_path / name
+    path.write_text(json.dumps({"command": "python -m training.evaluate --images $D/kaggle-facemask/images --split val",
+                                "images": 168, "rows": [{"detector": "blazeface"}, row]}))
+    return path
+
+
+def test_a_rerun_of_the_detector_command_is_recorded_beside_the_shipped_run(tmp_path):
+    from training.detector_rerun import record_rerun, rerun_lines
+
+    model = _detector_run(tmp_path, "model", minutes=64)
+    _evaluation(model, "detector_eval_kaggle.json", 0.693)
+    assert rerun_lines(model) == []  # no re-run recorded: no section
+    rerun = _detector_run(tmp_path, "rerun", minutes=20)
+    record_rerun(model, rerun, [_evaluation(tmp_path, "eval-rerun.json", 0.684)])
+    record_rerun(model, rerun, [_evaluation(tmp_path, "eval-rerun.json", 0.684)])  # recording again replaces
+    lines = rerun_lines(model)
+    rows = [line for line in lines if line.startswith("| shipped") or line.startswith("| re-run")]
+    assert len(rows) == 2
+    assert "64 min" in rows[0] and "kaggle-facemask (168): 0.693" in rows[0]
+    assert "20 min" in rows[1] and "kaggle-facemask (168): 0.684" in rows[1]
+
+
+def test_a_rerun_of_another_recipe_is_refused(tmp_path):
+    from training.detector_rerun import record_rerun
+
+    model = _detector_run(tmp_path, "model", minutes=64)
+    other = _detector_run(tmp_path, "other", minutes=30, steps=5000)
+    with pytest.raises(ValueError, match="steps differ"):
+        record_rerun(model, other, [])

@@ -392,7 +392,9 @@ def detector_card_lines(out: Path) -> list[str]:
           f"![detector training]({LOSS_PLOT})", ""]
     for eval_path in sorted(out.glob(EVAL_FILES)):
         L += _evaluation_lines(json.loads(eval_path.read_text()))
-    return L
+    from training.detector_rerun import rerun_lines  # it reads this module's file names
+
+    return L + rerun_lines(out)
 
 
 def _evaluation_lines(ev: dict[str, Any]) -> list[str]:
