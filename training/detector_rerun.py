@@ -39,9 +39,9 @@ def evaluation_summary(ev: dict[str, Any]) -> dict[str, Any]:
     row = next((r for r in ev["rows"] if r["detector"] == "trained"), None)
     if row is None:
         raise ValueError(f"{ev['command']!r} did not evaluate the trained detector")
-    words = ev["command"].split()
-    images = words[words.index("--images") + 1] if "--images" in words[:-1] else "crops"
-    return {"dataset": Path(images).parent.name, "images": ev["images"], **{k: row[k] for k in EVAL_KEYS},
+    words = ev["command"].split()  # a detector was evaluated on --images DATASET/images
+    dataset = Path(words[words.index("--images") + 1]).parent.name
+    return {"dataset": dataset, "images": ev["images"], **{k: row[k] for k in EVAL_KEYS},
             "ap50_mask_incorrect": row["ap50"]["mask_incorrect"], "recall_min32": row["recall_min32"]}
 
 
