@@ -289,12 +289,16 @@ def test_a_rerun_of_the_detector_command_is_recorded_beside_the_shipped_run(tmp_
     from training.detector_rerun import record_rerun, rerun_lines
 
     model = _detector_run(tmp_path, "model", minutes=64)
-    _evaluation(model, "detector_eval_kaggle.json", 0.693)
-    assert rerun_lines(model) == []  # no re-run recorded: no section
+    shipped_evals = [json.loads(_evaluation(model, "detector_eval_kaggle.json", 0.693).read_text())]
+
+    def lines_of(folder):
+        return rerun_lines(json.loads((folder / "detector_metrics.json").read_text()), shipped_evals)
+
+    assert lines_of(model) == []  # no re-run recorded: no section
     rerun = _detector_run(tmp_path, "rerun", minutes=20)
     record_rerun(model, rerun, [_evaluation(tmp_path, "eval-rerun.json", 0.684)])
     record_rerun(model, rerun, [_evaluation(tmp_path, "eval-rerun.json", 0.684)])  # recording again replaces
-    lines = rerun_lines(model)
+    lines = lines_of(model)
     rows = [line for line in lines if line.startswith("| shipped") or line.startswith("| re-run")]
     assert len(rows) == 2
     assert "64 min" in rows[0] and "kaggle-facemask (168): 0.693" in rows[0]

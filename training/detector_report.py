@@ -390,11 +390,12 @@ def detector_card_lines(out: Path) -> list[str]:
                      f"{r['detections']} | {r['closeup_detections']:.3f} |")
     L += ["", f"![precision-recall of every thorough pass on the tune images]({OPERATING_POINT_PLOT})", "",
           f"![detector training]({LOSS_PLOT})", ""]
-    for eval_path in sorted(out.glob(EVAL_FILES)):
-        L += _evaluation_lines(json.loads(eval_path.read_text()))
-    from training.detector_rerun import rerun_lines  # it reads this module's file names
+    evaluations = [json.loads(p.read_text()) for p in sorted(out.glob(EVAL_FILES))]
+    for ev in evaluations:
+        L += _evaluation_lines(ev)
+    from training.detector_rerun import rerun_lines  # it imports this module's file names
 
-    return L + rerun_lines(out)
+    return L + rerun_lines(m, evaluations)
 
 
 def _evaluation_lines(ev: dict[str, Any]) -> list[str]:

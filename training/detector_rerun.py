@@ -24,7 +24,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from training.detector_report import EVAL_FILES, METRICS_FILE
+from training.detector_report import METRICS_FILE
 
 # What a run records about itself rather than its recipe (fields both records have must otherwise agree;
 # a field added to the training command after the shipped run has no value there to compare).
@@ -68,12 +68,11 @@ def record_rerun(model_dir: Path, rerun_dir: Path, eval_files: Sequence[Path]) -
     return entry
 
 
-def rerun_lines(model_dir: Path) -> list[str]:
-    """The model card's reproduction table: the shipped run, then each recorded re-run."""
-    m = json.loads((model_dir / METRICS_FILE).read_text())
+def rerun_lines(m: dict[str, Any], shipped_evals: Sequence[dict[str, Any]]) -> list[str]:
+    """The model card's reproduction table from the detector metrics ``m`` and the shipped
+    detector's evaluations (both already read by the card): the shipped run, then each re-run."""
     if not m.get("reruns"):
         return []
-    shipped_evals = [json.loads(p.read_text()) for p in sorted(model_dir.glob(EVAL_FILES))]
     rows = [("shipped", run_summary(m, shipped_evals))] + [("re-run", r) for r in m["reruns"]]
     L = ["| run | command | training steps | data, export, threshold | tune threshold / precision / recall | "
          "validation: mAP@0.5 all / ≥ 32 px / AP mask_incorrect / precision / boxes per image |",
