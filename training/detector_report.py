@@ -104,13 +104,15 @@ def candidate_looks(detector: TrainedDetector, samples: Sequence[Sample], lowest
     return cached
 
 
-def tally(detector: TrainedDetector, looks: Looks, keep: Callable[[Detection], bool]) -> dict[str, float]:
-    """Precision, recall and detections of the faces ``keep`` accepts, as ``detect`` serves them."""
+def tally(looks: Looks, keep: Callable[[Detection], bool],
+          merge: Callable[[list[Detection], int, int], list[Detection]] | None = None) -> dict[str, float]:
+    """Precision, recall and detections of the faces ``keep`` accepts, as ``detect`` serves them:
+    a mirrored pass thresholds its merged, fused faces (``merge`` None); a plain one merges what
+    passes (``merge`` = its detector's)."""
     tp = n_det = found = n_true = 0
     for candidates, truth, w, h in looks:
         kept = [d for d in candidates if keep(d)]
-        # a mirrored pass thresholds its merged, fused faces; a plain one merges what passes
-        merged = kept if detector.still_mirror else detector.merge(kept, w, h)
+        merged = kept if merge is None else merge(kept, w, h)
         boxes = np.array([d.box for d in merged], np.float32).reshape(-1, 4)
         m = iou_matrix(boxes, truth)
         tp += int(_match(m, np.array([d.score for d in merged], np.float32)).sum())
@@ -126,7 +128,14 @@ def precision_recall(detector: TrainedDetector, samples: Sequence[Sample],
                      thresholds: Sequence[float] = THRESHOLDS) -> list[dict[str, float]]:
     """Precision and recall of the served detector (as ``detect`` thresholds and merges) at each threshold."""
     looks = candidate_looks(detector, samples, float(min(thresholds)))
-    return [{"threshold": float(t), **tally(detector, looks, lambda d, t=t: d.score >= t)} for t in thresholds]
+    return threshold_curve(looks, thresholds, None if detector.still_mirror else detector.merge)
+
+
+def threshold_curve(looks: Looks, thresholds: Sequence[float] = THRESHOLDS,
+                    merge: Callable[[list[Detection], int, int], list[Detection]] | None = None
+                    ) -> list[dict[str, float]]:
+    """``tally`` at each threshold (``merge``: as there)."""
+    return [{"threshold": float(t), **tally(looks, lambda d, t=t: d.score >= t, merge)} for t in thresholds]
 
 
 def size_threshold_rows(detector: TrainedDetector, tune: Sequence[Sample], closeups: Sequence[Sample],
@@ -140,7 +149,7 @@ def size_threshold_rows(detector: TrainedDetector, tune: Sequence[Sample], close
     for small, large in itertools.product(thresholds, repeat=2):
         def keep(d: Detection, small: float = small, large: float = large) -> bool:
             return passes_threshold(d, small, large, detector.large_face)
-        rows.append({"threshold": float(small), "threshold_large": float(large), **tally(detector, looks, keep),
+        rows.append({"threshold": float(small), "threshold_large": float(large), **tally(looks, keep),
                      "closeup_detections": float(np.mean([sum(map(keep, faces)) for faces in closeup_faces]))
                      if closeup_faces else 0.0})
     return rows
@@ -213,13 +222,18 @@ def choose_operating_point(out: Path, tune: Sequence[Sample], closeups: Sequence
             chosen.update(pair)
         pairs = {"large_face": detector.large_face,
                  "rows": [r for r in rows if r["threshold"] == chosen["threshold"]]}
-    contract = json.loads((out / DETECTOR_CONTRACT).read_text())
-    contract.update({k: chosen[k] for k in ("threshold", "threshold_large", "still_side", "still_mirror")})
-    (out / DETECTOR_CONTRACT).write_text(json.dumps(contract, indent=2) + "\n")
+    set_operating_point(out, chosen)
     return {**chosen, "curve": best["curve"], "sides": points, "size_thresholds": pairs,
             "target_precision": TARGET_PRECISION, "max_closeup_detections": MAX_CLOSEUP_DETECTIONS,
             "tune_images": len(tune), "tune_faces": sum(len(s.faces) for s in tune), "closeup_images": len(closeups),
             "closeups_trained_on": closeups_trained_on}
+
+
+def set_operating_point(out: Path, chosen: dict[str, Any]) -> None:
+    """Write the chosen thorough pass and thresholds into the served contract."""
+    contract = json.loads((out / DETECTOR_CONTRACT).read_text())
+    contract.update({k: chosen[k] for k in ("threshold", "threshold_large", "still_side", "still_mirror")})
+    (out / DETECTOR_CONTRACT).write_text(json.dumps(contract, indent=2) + "\n")
 
 
 def write_detector_card(out: Path, run: dict[str, Any], tuning: dict[str, Any], log_path: Path | None) -> None:
@@ -282,12 +296,32 @@ def _operating_point_plot(out: Path, tuning: dict[str, Any]) -> None:
     b.set_xlim(PLOT_MIN_RECALL, max(r["recall"] for p in tuning["sides"] for r in p["curve"]) + 0.01)
     b.set_xlabel(f"recall (IoU ≥ 0.4), from {PLOT_MIN_RECALL}: the passes differ near the operating point")
     b.set_ylabel("precision")
-    b.set_title("tune images: precision-recall by threshold, per thorough pass")
+    b.set_title(f"{_chosen_on(tuning)}: precision-recall by threshold, per thorough pass")
     b.legend(fontsize=7)
     b.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out / OPERATING_POINT_PLOT, dpi=110)
     plt.close(fig)
+
+
+def _chosen_on(tuning: dict[str, Any]) -> str:
+    """Where the operating point was chosen, in a few words."""
+    cv = tuning.get("cv")
+    return f"out-of-fold, {cv['folds']}-fold cross-validation" if cv else "tune images"
+
+
+def _cv_choice(tuning: dict[str, Any]) -> str:
+    """The card's "which data chose what" line of a detector trained with ``--cv``."""
+    cv = tuning["cv"]
+    return (f"- Which data chose what: the recipe was first cross-validated on the kaggle-facemask training "
+            f"split (`{cv['folder']}`: {cv['folds']} folds by image group, near-duplicates together, each fold's "
+            f"detector trained on the others; {tuning['tune_images']} images, {tuning['tune_faces']} faces, each "
+            "looked at once by a detector that never trained on it). The threshold is the lowest with precision ≥ "
+            f"{tuning['target_precision']} on those pooled out-of-fold detections; this detector then trained on "
+            "every training image with the same recipe, and its boxes per close-up were counted on the "
+            f"{tuning['closeup_images']} maskedfacenet-maskon close-ups "
+            + ("it trained with" if tuning.get("closeups_trained_on", True) else "held out of its training")
+            + ". The validation split is used only for the results below.")
 
 
 def _same_pass(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -302,6 +336,7 @@ def detector_card_lines(out: Path) -> list[str]:
     """The face-detector section of MODEL_CARD.md, from detector_metrics.json (+ detector_eval.json)."""
     m = json.loads((out / METRICS_FILE).read_text())
     run, tuning = m["run"], m["tuning"]
+    cv = tuning.get("cv")
     contract = json.loads((out / DETECTOR_CONTRACT).read_text())
     commands = " then ".join(f"`{c}`" for c in run.get("commands", [run.get("command")]))
     L = ["# Model card: maskwatch face detector", "",
@@ -333,7 +368,8 @@ def detector_card_lines(out: Path) -> list[str]:
          "- Loss: focal loss (α 0.25, γ 2) on each cell's face score, cells inside a face but off its centre "
          "ignored; L1 on the box divided by the face side; positives = cells within max(3 px, 0.25 × face side) "
          "of the face centre; faces < 4 px or < 60 % inside the crop are ignored, not negatives.",
-         f"- Data: kaggle-facemask *fit* images ({run['fit_images']} images, {run['fit_faces']} faces) scaled by "
+         f"- Data: kaggle-facemask {'training' if cv else '*fit*'} images ({run['fit_images']} images, "
+         f"{run['fit_faces']} faces) scaled by "
          f"0.25–2× around the serving scale ({run['serve_side']} px long side), two scenes per crop in 60 % of "
          f"crops (mosaic), and in {run['paste_prob']:.0%} of crops 1–3 maskedfacenet-maskon training close-ups "
          f"({run['closeup_images']} images) pasted at {CLOSEUP_FACE[0]:.0f}–"
@@ -349,6 +385,7 @@ def detector_card_lines(out: Path) -> list[str]:
             "cut by at most one edge)." if run.get("picture_share")
             else "chandrikadeb7 pictures are not used (no boxes; "
             "`--picture-share` pastes them boxed by MediaPipe's BlazeFace)."),
+         (_cv_choice(tuning) if cv else
          f"- Which data chose what: training used the fit images only; the operating point was chosen on the "
          f"{tuning['tune_images']} tune images ({tuning['tune_faces']} faces; kaggle-facemask training split, held "
          "out of detector training): for each thorough pass (side; the frame alone or also its mirror image) "
@@ -362,12 +399,13 @@ def detector_card_lines(out: Path) -> list[str]:
          + (f"for a mirrored pass, then, of the pairs of thresholds (faces under / at least {LARGE_FACE:g} px) "
             "meeting the same precision and close-up bounds, the one with the highest tune recall; "
             if tuning.get("size_thresholds") else "")
-         + "the validation split is used only for the results below.",
+         + "the validation split is used only for the results below."),
          f"- Versions: TensorFlow {run['tensorflow']}, Keras {run['keras']}. Training took "
          f"{run['train_seconds'] / 60:.0f} min of training steps on the 2-core CPU; loading the data, export and "
          f"the threshold took {run['other_seconds']:.0f} s more.",
-         "", "## Operating point (tune images)", ""]
-    L += ["| thorough pass | threshold | tune precision | tune recall | tune detections | "
+         "", f"## Operating point ({_chosen_on(tuning)})", ""]
+    words = "out-of-fold" if cv else "tune"
+    L += [f"| thorough pass | threshold | {words} precision | {words} recall | {words} detections | "
           "detections per close-up |", "|---|---|---|---|---|---|"]
     for p in tuning["sides"]:
         mark = " ← chosen" if _same_pass(p, contract) else ""
@@ -388,7 +426,7 @@ def detector_card_lines(out: Path) -> list[str]:
             mark = " ← chosen" if r["threshold_large"] == contract["threshold_large"] else ""
             L.append(f"| {r['threshold_large']:.2f}{mark} | {r['precision']:.3f} | {r['recall']:.3f} | "
                      f"{r['detections']} | {r['closeup_detections']:.3f} |")
-    L += ["", f"![precision-recall of every thorough pass on the tune images]({OPERATING_POINT_PLOT})", "",
+    L += ["", f"![precision-recall of every thorough pass on the {_chosen_on(tuning)}]({OPERATING_POINT_PLOT})", "",
           f"![detector training]({LOSS_PLOT})", ""]
     evaluations = [json.loads(p.read_text()) for p in sorted(out.glob(EVAL_FILES))]
     for ev in evaluations:

@@ -31,7 +31,7 @@ from typing import Sequence
 
 import numpy as np
 
-from training.datasets import CHANDRIKA, KAGGLE, MASKON, Sample, load_dataset, split_by_image
+from training.datasets import CHANDRIKA, KAGGLE, MASKON, Sample, assign_folds, load_dataset, split_by_image
 from training.detector_data import CLOSEUP_FACE, CropSampler, Scene, boxed_by_teacher, load_scenes, training_batch
 from webapp.vision.labels import WITH_MASK
 
@@ -78,8 +78,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --work")
     p.add_argument("--retune", action="store_true",
                    help="only choose the operating point again for the detector already in --out (no training)")
+    p.add_argument("--cv", type=Path, metavar="FOLDER",
+                   help="train on every kaggle-facemask training image (no tune split) and take the thorough pass "
+                        "and threshold from this finished cross-validation of the same recipe "
+                        "(python -m training.detector_cv)")
+    p.add_argument("--folds", type=int, default=0,
+                   help="cross-validation (python -m training.detector_cv): split the kaggle training images "
+                        "into this many folds by image group and tune on --fold instead of the tune split")
+    p.add_argument("--fold", type=int, default=0, help="the held-out fold (with --folds)")
     p.add_argument("--seed", type=int, default=1234)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.folds and not 0 <= args.fold < args.folds:
+        p.error(f"--fold must be between 0 and {args.folds - 1}")
+    if args.retune and (args.folds or args.cv):
+        p.error("--retune re-chooses the operating point on the tune images; it takes no --folds or --cv")
+    if args.folds and args.cv:
+        p.error("--folds trains one fold of a cross-validation; --cv trains on every training image")
+    return args
+
+
+# The flags that change what the detector learns: a --cv run must share them with its cross-validation.
+RECIPE_FLAGS = ("steps", "batch_size", "crop", "serve_side", "lr", "paste_prob", "closeup_max_face",
+                "closeup_tune_fraction", "picture_share", "region_blur", "rare_weight", "seed")
+
+
+def recipe_differences(args: argparse.Namespace, flags: list[str]) -> list[str]:
+    """The recipe flags in which ``args`` differs from a cross-validation run with ``flags``."""
+    theirs = parse_args(flags)
+    return [f"--{k.replace('_', '-')} {getattr(args, k)} (cross-validation: {getattr(theirs, k)})"
+            for k in RECIPE_FLAGS if getattr(args, k) != getattr(theirs, k)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,9 +132,19 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.retune:
         return retune(args.out, data_dir, args.limit_images, argv)
+    cv = None
+    if args.cv:
+        from training.detector_cv import finished_summary
+
+        cv = finished_summary(args.cv)
+        differences = recipe_differences(args, cv["config"]["flags"])
+        if differences:
+            raise SystemExit(f"{args.cv} cross-validated another recipe: " + "; ".join(differences))
 
     # --- Data: the split is by source image; near-duplicates share a group -------------------
-    fit, tune, closeups = detector_splits(data_dir, args.limit_images)
+    fit, tune, closeups = detector_splits(data_dir, args.limit_images, (args.fold, args.folds) if args.folds else None)
+    if cv is not None:  # the cross-validation chose the operating point: the tune images train too
+        fit, tune = fit + tune, []
     closeups, closeup_tune = (split_by_image(closeups, args.closeup_tune_fraction, SPLIT_SEED + 1)
                               if args.closeup_tune_fraction else (closeups, closeups))
     log.info("kaggle fit %d images (%d faces), tune %d images; close-ups %d pasted, %d counted for the "
@@ -187,14 +224,20 @@ def main(argv: list[str] | None = None) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     export_detector(model, args.out, still_side=args.serve_side, live_side=args.live_side)
-    tuning = choose_operating_point(args.out, tune, closeup_tune, closeups_trained_on=closeup_tune is closeups)
+    if cv is None:
+        tuning = choose_operating_point(args.out, tune, closeup_tune, closeups_trained_on=closeup_tune is closeups)
+    else:
+        from training.detector_cv import cv_operating_point
+
+        tuning = cv_operating_point(args.out, cv, args.cv, closeup_tune, closeups_trained_on=closeup_tune is closeups)
     run = {
         "commands": _commands(args.work, argv),
         "seed": args.seed, "steps": args.steps, "batch_size": args.batch_size, "crop": args.crop,
         "serve_side": args.serve_side, "lr": args.lr, "paste_prob": args.paste_prob,
         "closeup_max_face": args.closeup_max_face, "closeup_tune_fraction": args.closeup_tune_fraction,
         "rare_weight": args.rare_weight, "picture_share": args.picture_share, "picture_images": len(pictures),
-        "region_blur": args.region_blur,
+        "region_blur": args.region_blur, **({"fold": args.fold, "folds": args.folds} if args.folds else {}),
+        **({"cv": str(args.cv)} if args.cv else {}),
         "train_seconds": round(train_seconds, 1),
         # this invocation's time outside training steps: loading data, the Keras check, export, threshold
         "other_seconds": round(time.time() - started - (train_seconds - seconds_before), 1),
@@ -203,8 +246,9 @@ def main(argv: list[str] | None = None) -> int:
         "tensorflow": tf.__version__, "keras": keras.__version__,
     }
     write_detector_card(args.out, run, tuning, log_path)
-    log.info("wrote %s (side %d, threshold %.2f: tune precision %.3f, recall %.3f) in %.0f s", args.out,
-             tuning["still_side"], tuning["threshold"], tuning["precision"], tuning["recall"], time.time() - started)
+    log.info("wrote %s (side %d, threshold %.2f: %s precision %.3f, recall %.3f) in %.0f s", args.out,
+             tuning["still_side"], tuning["threshold"], "out-of-fold" if cv else "tune", tuning["precision"],
+             tuning["recall"], time.time() - started)
     return 0
 
 
@@ -217,6 +261,9 @@ def retune(out: Path, data_dir: Path, limit: int | None, argv: list[str] | None)
     if not (out / METRICS_FILE).is_file():
         raise SystemExit(f"no trained detector in {out} (its {METRICS_FILE} is missing): train one first")
     run = json.loads((out / METRICS_FILE).read_text())["run"]
+    if run.get("cv"):
+        raise SystemExit(f"{out}: its operating point came from the cross-validation {run['cv']} and it trained on "
+                         "the tune images; train it again with --cv instead")
     _, tune, closeups = detector_splits(data_dir, limit)
     fraction = run.get("closeup_tune_fraction", 0.0)
     closeup_tune = split_by_image(closeups, fraction, SPLIT_SEED + 1)[1] if fraction else closeups
@@ -249,15 +296,16 @@ def focal_and_box_loss(score, box, score_t, box_t, weight, alpha: float = 0.25, 
     return cls, reg
 
 
-def detector_splits(data_dir: Path, limit: int | None = None):
+def detector_splits(data_dir: Path, limit: int | None = None, fold: tuple[int, int] | None = None):
     """(kaggle fit samples, kaggle tune samples, maskon training close-ups).
 
     The validation quarter is exactly the classifier's (same seed and fraction), so neither
-    model ever trains on the images the README reports on.
+    model ever trains on the images the README reports on. ``fold`` = (k, folds) holds out fold
+    k of the training images instead of the tune split (``training/detector_cv.py``).
     """
     kaggle = load_dataset(KAGGLE, data_dir)
     train, _ = split_by_image(kaggle, VAL_FRACTION, SPLIT_SEED)
-    fit, tune = fit_and_tune(train)
+    fit, tune = fit_and_tune(train) if fold is None else fold_split(train, *fold)
     try:
         closeups, _ = split_by_image(load_dataset(MASKON, data_dir), VAL_FRACTION, SPLIT_SEED)
     except FileNotFoundError as exc:
@@ -271,6 +319,14 @@ def detector_splits(data_dir: Path, limit: int | None = None):
 def fit_and_tune(train: Sequence[Sample], seed: int = SPLIT_SEED) -> tuple[list[Sample], list[Sample]]:
     """The kaggle-facemask training images the detector trains on, and those held out to tune it."""
     return split_by_image(train, TUNE_FRACTION, seed + 1)
+
+
+def fold_split(train: Sequence[Sample], k: int, folds: int, seed: int = SPLIT_SEED
+               ) -> tuple[list[Sample], list[Sample]]:
+    """The kaggle-facemask training images outside fold ``k`` of ``folds`` (by image group, near
+    duplicates together, rare labels dealt round-robin), and those in it."""
+    fold_of = assign_folds(train, folds, seed)
+    return ([s for s, f in zip(train, fold_of) if f != k], [s for s, f in zip(train, fold_of) if f == k])
 
 
 def picture_closeups(data_dir: Path, limit: int | None = None) -> list[Scene]:
