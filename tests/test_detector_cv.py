@@ -67,6 +67,27 @@ def test_the_threshold_is_the_tune_rule_on_the_pooled_out_of_fold_detections(tmp
     assert shipped["threshold"] == 0.45 and shipped["per_fold"][0]["precision"] == 0.5
     text = detector_cv.format_summary("cv", s)
     assert "operating point 0.55" in text and "0: 1/2" in text
+    assert point["misses"]["by_size"][">=32px"] == {"score": 1, "box": 0, "unseen": 0}  # b.jpg's 0.4 look
+    assert "faces missed by cause (score / box / unseen): <16px 0 / 0 / 0, 16-31px 0 / 0 / 0, >=32px 1 / 0 / 0" in text
+
+
+@pytest.mark.parametrize("looks, cause", [
+    ([], "unseen"),
+    ([detection((200, 200, 240, 240), 0.9)], "unseen"),  # a confident box elsewhere
+    ([detection((0, 0, 40, 40), 0.3)], "score"),  # right place, too weak
+    ([detection((0, 0, 40, 40), 0.3), detection((20, 0, 60, 40), 0.9)], "score"),  # weak right box wins
+    ([detection((20, 0, 60, 40), 0.9)], "box"),  # confident but shifted: IoU 1/3
+    ([detection((20, 0, 60, 40), 0.3)], "unseen"),  # shifted and weak
+])
+def test_a_missed_face_is_put_down_to_its_score_its_box_or_nothing(looks, cause):
+    rows = [{"image": "a.jpg", "truth": [face((0, 0, 40, 40), "mask_incorrect"), face((100, 0, 110, 10))],
+             "detections": [detection((100, 0, 110, 10), 0.8), *looks]}]
+    misses = detector_cv.miss_causes(rows, 0.5)
+    assert misses["by_size"][">=32px"] == {c: int(c == cause) for c in detector_cv.MISS_CAUSES}
+    assert sum(misses["by_size"]["<16px"].values()) == 0  # the small face is found
+    (large,) = misses["large"]
+    assert (large["image"], large["label"], large["cause"]) == ("a.jpg", "mask_incorrect", cause)
+    assert large["best_score"] == (0.3 if cause == "score" else 0.0)
 
 
 def test_two_runs_are_compared_fold_by_fold(tmp_path):

@@ -31,7 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from training.datasets import Sample, read_rgb
-from training.detection_metrics import Truth, detector_recall
+from training.detection_metrics import RECALL_IOU, Truth, detector_recall
 from training.detector_report import (
     MAX_CLOSEUP_DETECTIONS,
     TARGET_PRECISION,
@@ -42,8 +42,9 @@ from training.detector_report import (
     tally,
     threshold_curve,
 )
+from training.metrics import SIZE_BUCKETS, size_bucket
 from webapp.config import Settings
-from webapp.vision.boxes import Detection
+from webapp.vision.boxes import Detection, iou_matrix
 from webapp.vision.labels import LABELS
 from webapp.vision.trained_detector import TrainedDetector
 
@@ -51,6 +52,8 @@ log = logging.getLogger("training.detector_cv")
 OOF_FILE = "oof.json"
 CV_FILE = "cv.json"
 SHIPPED_THRESHOLD = 0.45  # the shipped detector's threshold: every run is also read there
+NEAR_IOU = 0.1  # a box overlapping a missed face at least this much (but under RECALL_IOU) was meant for it
+MISS_CAUSES = ("score", "box", "unseen")
 
 
 def out_of_fold(model_dir: Path, samples: Sequence[Sample], side: int) -> list[dict[str, Any]]:
@@ -83,6 +86,39 @@ def read_at(rows: Sequence[dict[str, Any]], threshold: float) -> dict[str, Any]:
                                            for r in rows])
 
 
+def miss_causes(rows: Sequence[dict[str, Any]], threshold: float) -> dict[str, Any]:
+    """Why the faces a threshold misses are missed, per size bucket, and the large ones listed.
+
+    Why: what the next recipe needs differs by cause. ``score``: a look overlaps the face at IoU
+    >= 0.4 but scores under the threshold (the detector saw it, without confidence); ``box``: a box
+    above the threshold overlaps it, but less than that (wrong size or place, or merged with a
+    neighbour); ``unseen``: neither. A face with both a weak box and a misplaced confident one
+    counts as ``score``.
+    """
+    counts = {b: dict.fromkeys(MISS_CAUSES, 0) for b, _, _ in SIZE_BUCKETS}
+    large = []
+    for r in rows:
+        if not r["truth"]:
+            continue
+        truth = np.array([t[:4] for t in r["truth"]], np.float32)
+        dets = np.array([d[:5] for d in r["detections"]], np.float32).reshape(-1, 5)
+        iou = iou_matrix(truth, dets[:, :4])
+        confident = dets[:, 4] >= threshold
+        for i, t in enumerate(r["truth"]):
+            if (iou[i] >= RECALL_IOU)[confident].any():
+                continue
+            weak = iou[i] >= RECALL_IOU
+            cause = ("score" if weak.any() else "box" if (iou[i] >= NEAR_IOU)[confident].any() else "unseen")
+            short = min(t[2] - t[0], t[3] - t[1])
+            bucket = size_bucket(short)
+            counts[bucket][cause] += 1
+            if bucket == ">=32px":
+                large.append({"image": r["image"], "box": [round(v, 1) for v in t[:4]], "label": t[4],
+                              "cause": cause, "best_iou": round(float(iou[i].max(initial=0.0)), 3),
+                              "best_score": round(float(dets[weak, 4].max(initial=0.0)), 3)})
+    return {"threshold": threshold, "by_size": counts, "large": large}
+
+
 def summarise(folder: Path) -> dict[str, Any]:
     """Pooled and per-fold numbers of a finished (or partly finished) cross-validation folder.
 
@@ -104,7 +140,8 @@ def summarise(folder: Path) -> dict[str, Any]:
             at = tally(looks_of(rows), lambda d, t=t: d.score >= t)
             per_fold[k] = {"found": round(at["recall"] * sum(len(r["truth"]) for r in rows)),
                            "faces": sum(len(r["truth"]) for r in rows), "precision": at["precision"]}
-        readings[name] = {"threshold": t, "pooled": read_at(pooled, t), "per_fold": per_fold}
+        readings[name] = {"threshold": t, "pooled": read_at(pooled, t), "per_fold": per_fold,
+                          "misses": miss_causes(pooled, t)}
     return {"config": config, "folds_done": sorted(folds), "images": len(pooled),
             "faces": sum(len(r["truth"]) for r in pooled), "curve": curve,
             "meets_precision": point["meets_precision"], **readings}
@@ -154,6 +191,8 @@ def format_summary(name: str, s: dict[str, Any]) -> str:
                      f"precision {p['precision']:.3f}, {p['detections_per_image']:.2f} boxes per image")
         lines.append("    faces found per fold (precision, each box matched to one face): " + ", ".join(
             f"{k}: {f['found']}/{f['faces']} (precision {f['precision']:.3f})" for k, f in r["per_fold"].items()))
+        lines.append("    faces missed by cause (score / box / unseen): " + ", ".join(
+            f"{b} " + " / ".join(str(n) for n in c.values()) for b, c in r["misses"]["by_size"].items()))
     return "\n".join(lines)
 
 
