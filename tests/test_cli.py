@@ -86,10 +86,12 @@ def test_install_script_is_quick_and_quiet_when_nothing_changed():
     assert proc.returncode == 0 and proc.stdout == "" and proc.stderr == ""
 
 
-def test_detect_with_missing_model_gives_one_clear_line(tmp_path):
+@pytest.mark.parametrize("model_flag_after_command", [False, True])
+def test_detect_with_missing_model_gives_one_clear_line(tmp_path, model_flag_after_command):
     img = tmp_path / "x.png"
     img.write_bytes(b"")
-    proc = run_cli("--model", str(tmp_path / "nomodel"), "detect", str(img))
+    model = ["--model", str(tmp_path / "nomodel")]
+    proc = run_cli(*(["detect", *model] if model_flag_after_command else [*model, "detect"]), str(img))
     assert proc.returncode == 2
     assert "maskwatch: error:" in proc.stderr and "labels.json" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -127,6 +127,8 @@ def test_bad_frames_get_errors_and_the_connection_stays_usable(app, socketio, na
     assert error["code"] == code and error["message"]
     if isinstance(payload, dict) and isinstance(payload.get("seq"), int) and not isinstance(payload["seq"], bool):
         assert error["seq"] == payload["seq"]
+    else:
+        assert error["seq"] is None  # an invalid seq is never echoed
     assert send(cam, 99)["seq"] == 99
 
 

@@ -199,19 +199,28 @@ def cmd_gen_cert(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _add_common(p: argparse.ArgumentParser, after_command: bool = False) -> None:
+    """The flags every command takes, before or after the command's name. After it they default
+    to SUPPRESS, so the command's parser does not reset what was given before it."""
+    kw = {"default": argparse.SUPPRESS} if after_command else {}
+    p.add_argument("--model", type=Path, help="model folder (default: MASKWATCH_MODEL or model/)", **kw)
+    p.add_argument("--detector", choices=DETECTORS,
+                   help="face detector (default: MASKWATCH_DETECTOR or trained, the one we train)", **kw)
+    p.add_argument("-v", "--verbose", action="store_true", help="log more", **kw)
+
+
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="maskwatch", description="Face-mask compliance monitor.")
-    p.add_argument("--model", type=Path, help="model folder (default: MASKWATCH_MODEL or model/)")
-    p.add_argument("--detector", choices=DETECTORS,
-                   help="face detector (default: MASKWATCH_DETECTOR or trained, the one we train)")
-    p.add_argument("-v", "--verbose", action="store_true", help="log more")
+    _add_common(p)
+    common = argparse.ArgumentParser(add_help=False)
+    _add_common(common, after_command=True)
     sub = p.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("detect", help="run the served pipeline on image files or folders")
+    d = sub.add_parser("detect", parents=[common], help="run the served pipeline on image files or folders")
     d.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
     d.add_argument("--json", action="store_true", help="one JSON object per image per line (JSON Lines)")
     d.add_argument("--out", type=Path, help="write annotated copies here")
     d.set_defaults(func=cmd_detect)
-    s = sub.add_parser("serve", help="run the web app (camera page and dashboard)")
+    s = sub.add_parser("serve", parents=[common], help="run the web app (camera page and dashboard)")
     s.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 for the LAN)")
     s.add_argument("--port", type=int, help="port (default 5000)")
     s.add_argument("--certfile", type=Path, help="TLS certificate (browsers need https for cameras)")
@@ -236,7 +245,8 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--header-timeout", type=float,
                    help="seconds a client has to send a request head, and for each read after it (default 10)")
     s.set_defaults(func=cmd_serve)
-    g = sub.add_parser("gen-cert", help="make a self-signed TLS certificate for this machine's LAN names")
+    g = sub.add_parser("gen-cert", parents=[common],
+                       help="make a self-signed TLS certificate for this machine's LAN names")
     g.add_argument("--out", type=Path, default=Path("instance"), help="folder for the files (default: instance/)")
     g.add_argument("--name", action="append", help="extra DNS name to cover (repeatable)")
     g.add_argument("--ip", action="append", help="extra IP address to cover (repeatable)")

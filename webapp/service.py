@@ -195,7 +195,8 @@ class InferenceService:
 
     def submit(self, sid: str, data: Any) -> dict | None:
         """Validate and park a frame; returns a ``frame_error`` payload if it was refused."""
-        seq = data.get("seq") if isinstance(data, dict) and isinstance(data.get("seq"), int) else None
+        seq = data.get("seq") if isinstance(data, dict) else None
+        seq = seq if isinstance(seq, int) and not isinstance(seq, bool) else None  # echoed only if valid
         with self._lock:
             session = self._sessions.get(sid)
         if session is None:

@@ -12,7 +12,7 @@ from webapp import __version__
 from webapp.config import PROJECT_ROOT
 from webapp.history import History, HistoryUnavailable, parse_since
 from webapp.stats import local_midnight
-from webapp.vision.classifier import MODEL_FILE, contract_members, read_contract
+from webapp.vision.classifier import contract_members, read_contract
 from webapp.vision.trained_detector import DETECTOR_FILE
 
 bp = Blueprint("views", __name__)
@@ -58,12 +58,12 @@ def healthz():
     service = _service()
     model_dir = service.settings.model_dir
     detector_file = model_dir / DETECTOR_FILE
+    classifier_models = [_file_info(model_dir / m["model_file"]) for m in contract_members(read_contract(model_dir))]
     return jsonify({
         "status": "ok",
         "version": __version__,
-        "model": _file_info(model_dir / MODEL_FILE),
-        "classifier_models": [_file_info(model_dir / m["model_file"])
-                              for m in contract_members(read_contract(model_dir))],
+        "model": classifier_models[0],
+        "classifier_models": classifier_models,
         "detector": service.settings.detector,
         "detector_model": _file_info(detector_file) if service.settings.detector == "trained" else None,
         "async_mode": service.settings.async_mode,
