@@ -131,6 +131,10 @@ def test_tiny_cross_validation_then_a_detector_on_every_training_image(data_dir,
     assert metrics["run"]["fit_images"] == 6 + 1  # the fit and the tune images of --limit-images 6
     detector = TrainedDetector(out)
     assert detector.threshold == summary["operating_point"]["threshold"] and detector.still_mirror
-    assert "cross-validated" in (out / "MODEL_CARD.md").read_text()
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "cross-validated" in card and "fold trainings before it took" in card
+    # the card names the cross-validation's command first and lists its out-of-fold readings
+    assert f"`python -m training.detector_cv --name tiny --folds 2 --side 512 --root {tmp_path} -- " in card
+    assert "Out of fold" in card and f"| {detector.threshold:.2f} ← chosen |" in card
     with pytest.raises(SystemExit, match="train it again with --cv"):
         train_detector.main(["--data", str(data_dir), "--out", str(out), "--retune"])

@@ -144,7 +144,26 @@ def summarise(folder: Path) -> dict[str, Any]:
                           "misses": miss_causes(pooled, t)}
     return {"config": config, "folds_done": sorted(folds), "images": len(pooled),
             "faces": sum(len(r["truth"]) for r in pooled), "curve": curve,
-            "meets_precision": point["meets_precision"], **readings}
+            "meets_precision": point["meets_precision"], "fold_seconds": _fold_seconds(folder, folds), **readings}
+
+
+def _fold_seconds(folder: Path, folds: Sequence[int]) -> dict[int, float]:
+    """Each finished fold's training time (steps, data, export and threshold), from its run record."""
+    seconds = {}
+    for k in folds:
+        metrics = folder / f"fold{k}" / "model" / "detector_metrics.json"
+        if metrics.is_file():
+            run = json.loads(metrics.read_text())["run"]
+            seconds[k] = run["train_seconds"] + run["other_seconds"]
+    return seconds
+
+
+def cv_command(folder: Path, config: dict[str, Any]) -> str:
+    """The command that ran (or resumes) the cross-validation in ``folder``."""
+    root = "" if folder.parent == Path("runs/detector-cv") else f" --root {folder.parent}"
+    flags = f" -- {' '.join(config['flags'])}" if config["flags"] else ""
+    return (f"python -m training.detector_cv --name {folder.name} --folds {config['folds']} "
+            f"--side {config['side']}{root}{flags}")
 
 
 def finished_summary(folder: Path) -> dict[str, Any]:
@@ -174,7 +193,10 @@ def cv_operating_point(out: Path, summary: dict[str, Any], folder: Path, closeup
             "size_thresholds": None, "target_precision": TARGET_PRECISION,
             "max_closeup_detections": MAX_CLOSEUP_DETECTIONS, "tune_images": summary["images"],
             "tune_faces": summary["faces"], "closeup_images": len(closeups), "closeups_trained_on": closeups_trained_on,
-            "cv": {"folder": str(folder), "folds": summary["config"]["folds"]}}
+            "cv": {"folder": str(folder), "folds": summary["config"]["folds"],
+                   "command": cv_command(folder, summary["config"]),
+                   "fold_seconds": list(summary["fold_seconds"].values()),
+                   "out_of_fold": {k: summary[k] for k in ("operating_point", "shipped_threshold")}}}
 
 
 def format_summary(name: str, s: dict[str, Any]) -> str:
