@@ -297,7 +297,7 @@ def _operating_point_plot(out: Path, tuning: dict[str, Any]) -> None:
     b.set_xlim(PLOT_MIN_RECALL, max(r["recall"] for p in tuning["sides"] for r in p["curve"]) + 0.01)
     b.set_xlabel(f"recall (IoU ≥ 0.4), from {PLOT_MIN_RECALL}: the passes differ near the operating point")
     b.set_ylabel("precision")
-    b.set_title(f"{_chosen_on(tuning)}: precision-recall by threshold, per thorough pass")
+    b.set_title(f"Precision-recall by threshold, per thorough pass\n({_chosen_on(tuning)})", fontsize=10)
     b.legend(fontsize=7)
     b.grid(alpha=0.3)
     fig.tight_layout()

@@ -3,18 +3,21 @@
 Reads top to bottom like a Keras example: data, model, loss, training loop (checkpoints,
 ``--resume``), export to TFLite, operating threshold, report. Usage::
 
-    python -m training.train_detector                     # the shipped detector (model/)
+    python -m training.detector_cv --name shipped-recipe --folds 4      # the shipped detector: its recipe's
+    python -m training.train_detector --cv runs/detector-cv/shipped-recipe --out model/   # CV, then every image
+    python -m training.train_detector                     # threshold from the tune split -> runs/detector-model
     python -m training.train_detector --steps 40 --out runs/tiny   # a smoke run
     python -m training.train_detector --resume            # continue an interrupted run
     python -m training.train_detector --retune            # only choose the operating point again
 
-Which data chose what: the model trains on the kaggle-facemask *fit* images (the classifier's
+Which data chose what (without ``--cv``): the model trains on the kaggle-facemask *fit* images (the classifier's
 training split minus a tune split) plus maskedfacenet-maskon training close-ups pasted into
 scenes (and, with ``--picture-share``, chandrikadeb7 training pictures boxed by MediaPipe's
 BlazeFace). The operating threshold is chosen on the *tune* images (never trained on); the boxes per
 close-up are counted on the pasted close-ups, or on a share kept out of pasting
 (``--closeup-tune-fraction``). The validation split (``python -m training.evaluate --split
-val``) is used for reporting only.
+val``) is used for reporting only. With ``--cv`` it trains on every training image and takes its
+threshold from the cross-validation's pooled out-of-fold detections (``training/detector_cv.py``).
 """
 
 from __future__ import annotations
@@ -47,7 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, help="datasets folder (default: MASKWATCH_DATA)")
-    p.add_argument("--out", type=Path, default=Settings().model_dir, help="output folder (default: model/)")
+    p.add_argument("--out", type=Path, default=Path("runs/detector-model"),
+                   help="output folder (default: runs/detector-model; the shipped detector is in "
+                        f"{Settings().model_dir}/, written only when named)")
     p.add_argument("--work", type=Path, default=Path("runs/detector"),
                    help="checkpoints, training log and curves (kept for --resume)")
     p.add_argument("--steps", type=int, default=4000)
