@@ -8,7 +8,8 @@ validation results with the shipped classifier. This module adds such a run to
 ``detector_metrics.json`` (``reruns``) and re-renders the model card, where it is shown next to
 the shipped run. Usage::
 
-    python -m training.train_detector --out runs/detector-model-rerun --work runs/detector-rerun
+    python -m training.train_detector --cv runs/detector-cv/shipped-recipe --out runs/detector-model-rerun \\
+        --work runs/detector-rerun      # the shipped detector's command (model card), into runs/
     python -m training.evaluate --model DIR_WITH_ITS_DETECTOR ... --split val --json runs/eval-rerun-kaggle.json
     python -m training.detector_rerun runs/detector-model-rerun --eval runs/eval-rerun-kaggle.json \\
         runs/eval-rerun-maskon.json
@@ -74,7 +75,8 @@ def rerun_lines(m: dict[str, Any], shipped_evals: Sequence[dict[str, Any]]) -> l
     if not m.get("reruns"):
         return []
     rows = [("shipped", run_summary(m, shipped_evals))] + [("re-run", r) for r in m["reruns"]]
-    L = ["| run | command | training steps | data, export, threshold | tune threshold / precision / recall | "
+    L = ["| run | command | training steps | data, export, threshold | "
+         "threshold / precision / recall where chosen (tune or out of fold) | "
          "validation: mAP@0.5 all / ≥ 32 px / AP mask_incorrect / precision / boxes per image |",
          "|---|---|---|---|---|---|"]
     for name, r in rows:
