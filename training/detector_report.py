@@ -456,7 +456,8 @@ def _out_of_fold_lines(readings: dict[str, Any]) -> list[str]:
     for key, r in readings.items():
         p = r["pooled"]
         causes = r["misses"]["by_size"][">=32px"]
-        L.append(f"| {r['threshold']:.2f}{' ← chosen' if key == 'operating_point' else ''} | "
+        mark = " ← chosen" if key == "operating_point" else " (the threshold shipped before)"
+        L.append(f"| {r['threshold']:.2f}{mark} | "
                  + " / ".join(_share(v) for v in p["recall_by_size_all"].values()) + " | "
                  + " / ".join(_share(p["recall_min32"][lab]) for lab in LABELS) + f" | {_share(p['precision'])} | "
                  + ", ".join(f"{f['found']}/{f['faces']}" for f in r["per_fold"].values()) + " | "
