@@ -34,6 +34,7 @@ from training.datasets import Sample, read_rgb
 from training.detection_metrics import RECALL_IOU, Truth, detector_recall
 from training.detector_report import (
     MAX_CLOSEUP_DETECTIONS,
+    METRICS_FILE,
     TARGET_PRECISION,
     Looks,
     closeup_detections,
@@ -51,6 +52,7 @@ from webapp.vision.trained_detector import TrainedDetector
 log = logging.getLogger("training.detector_cv")
 OOF_FILE = "oof.json"
 CV_FILE = "cv.json"
+DEFAULT_ROOT = Path("runs/detector-cv")
 SHIPPED_THRESHOLD = 0.45  # tune-split choice, shipped before the cross-validated 0.50; runs are read there too
 NEAR_IOU = 0.1  # a box overlapping a missed face at least this much (but under RECALL_IOU) was meant for it
 MISS_CAUSES = ("score", "box", "unseen")
@@ -151,7 +153,7 @@ def _fold_seconds(folder: Path, folds: Sequence[int]) -> dict[int, float]:
     """Each finished fold's training time (steps, data, export and threshold), from its run record."""
     seconds = {}
     for k in folds:
-        metrics = folder / f"fold{k}" / "model" / "detector_metrics.json"
+        metrics = folder / f"fold{k}" / "model" / METRICS_FILE
         if metrics.is_file():
             run = json.loads(metrics.read_text())["run"]
             seconds[k] = run["train_seconds"] + run["other_seconds"]
@@ -160,7 +162,7 @@ def _fold_seconds(folder: Path, folds: Sequence[int]) -> dict[int, float]:
 
 def cv_command(folder: Path, config: dict[str, Any]) -> str:
     """The command that ran (or resumes) the cross-validation in ``folder``."""
-    root = "" if folder.parent == Path("runs/detector-cv") else f" --root {folder.parent}"
+    root = "" if folder.parent == DEFAULT_ROOT else f" --root {folder.parent}"
     flags = f" -- {' '.join(config['flags'])}" if config["flags"] else ""
     return (f"python -m training.detector_cv --name {folder.name} --folds {config['folds']} "
             f"--side {config['side']}{root}{flags}")
@@ -260,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--name", help="run name: results in --root/NAME")
-    p.add_argument("--root", type=Path, default=Path("runs/detector-cv"))
+    p.add_argument("--root", type=Path, default=DEFAULT_ROOT)
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--side", type=int, default=512, help="long side of the mirrored thorough pass read on each fold")
     p.add_argument("--summarise", type=Path, nargs="+", metavar="FOLDER",

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from training.datasets import Sample, read_rgb
 from training.detection_metrics import RECALL_IOU
 from training.detector_data import CLOSEUP_FACE, PICTURE_MIN_SHARE
+from training.metrics import number_cell
 from webapp.config import Settings
 from webapp.vision.blazeface import blazeface_model_dir
 from webapp.vision.boxes import Detection, iou_matrix
@@ -442,10 +443,6 @@ def detector_card_lines(out: Path) -> list[str]:
     return L + rerun_lines(m, evaluations)
 
 
-def _share(v: float | None) -> str:
-    return "–" if v is None else f"{v:.3f}"
-
-
 def _out_of_fold_lines(readings: dict[str, Any]) -> list[str]:
     """The cross-validation's out-of-fold detector numbers at its threshold and at the one shipped before."""
     L = ["", "Out of fold (every training face looked at by the fold's detector that never trained on it; "
@@ -458,8 +455,9 @@ def _out_of_fold_lines(readings: dict[str, Any]) -> list[str]:
         causes = r["misses"]["by_size"][">=32px"]
         mark = " ← chosen" if key == "operating_point" else " (the threshold shipped before)"
         L.append(f"| {r['threshold']:.2f}{mark} | "
-                 + " / ".join(_share(v) for v in p["recall_by_size_all"].values()) + " | "
-                 + " / ".join(_share(p["recall_min32"][lab]) for lab in LABELS) + f" | {_share(p['precision'])} | "
+                 + " / ".join(number_cell(v) for v in p["recall_by_size_all"].values()) + " | "
+                 + " / ".join(number_cell(p["recall_min32"][lab]) for lab in LABELS)
+                 + f" | {number_cell(p['precision'])} | "
                  + ", ".join(f"{f['found']}/{f['faces']}" for f in r["per_fold"].values()) + " | "
                  + " / ".join(str(n) for n in causes.values()) + " |")
     return L

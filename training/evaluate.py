@@ -30,7 +30,7 @@ from tqdm import tqdm
 from training.datasets import Sample, read_class_folders, read_voc_folder, split_by_image
 from training.detection_metrics import Predicted, Truth, coco_ap50, detector_recall
 from training.faces import FaceSet
-from training.metrics import SIZE_BUCKETS, classifier_section, format_report, size_bucket
+from training.metrics import SIZE_BUCKETS, classifier_section, format_report, number_cell, size_bucket
 from training.train_detector import fit_and_tune
 from webapp.config import Settings
 from webapp.vision.classifier import MaskClassifier
@@ -154,10 +154,6 @@ def _rgb(sample: Sample) -> np.ndarray:
     return decode_image(sample.path.read_bytes(), max_bytes=1 << 30, formats=FILE_FORMATS)
 
 
-def _num(v: float | None, digits: int = 3) -> str:
-    return "–" if v is None else f"{v:.{digits}f}"
-
-
 def _pct(v: float | None) -> str:
     return "  –" if v is None else f"{100 * v:3.0f}"
 
@@ -176,7 +172,7 @@ def format_detector_table(rows: Sequence[dict[str, Any]]) -> str:
 
 def format_pipeline_table(rows: Sequence[dict[str, Any]]) -> str:
     """One row per detector of the served pipeline: the README's and model card's comparison table."""
-    f = _num
+    f = number_cell
     lines = ["| detector | mAP@0.5 all | mAP@0.5 >= 32 px | AP mask_incorrect | recall >= 32 px with / incorrect / "
              "without | recall 16-31 px | recall < 16 px | precision | ms / image |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -195,7 +191,7 @@ def format_pipeline_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def format_end_to_end(r: dict[str, Any]) -> str:
-    f = _num
+    f = number_cell
     lines = [f"end to end on {r['images']} images (median {r['ms_per_image_median']:.1f} ms/image)",
              f"  mAP@0.5 all faces {f(r['map50'])}   faces >= 32 px {f(r['map50_min32'])}",
              f"  {'label':16s} {'AP50':>6s} {'AP50>=32':>9s} {'recall':>7s} {'recall>=32':>10s}"]

@@ -39,6 +39,11 @@ def classifier_section(y_true: Sequence[str], y_pred: Sequence[str],
     }
 
 
+def number_cell(v: float | None, digits: int = 3) -> str:
+    """A table cell for a share or score that may be undefined (no faces of that kind): "–"."""
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
 def size_bucket(short_side: float) -> str:
     return next(name for name, lo, hi in SIZE_BUCKETS if lo <= short_side < hi)
 

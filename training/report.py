@@ -21,6 +21,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from training.metrics import number_cell  # noqa: E402
 from training.oof import may_mirror, served_variant  # noqa: E402
 from training.recipe import Recipe  # noqa: E402
 from webapp.vision.classifier import contract_members  # noqa: E402
@@ -125,10 +126,6 @@ def _serving_name(variant: str, rule: str) -> str:
     return f"{crop}, {'class offsets' if rule == 'offsets' else 'argmax'}"
 
 
-def _fmt(v: float | None) -> str:
-    return "–" if v is None else f"{v:.3f}"
-
-
 def _section_table(rows: list[tuple[str, dict]]) -> list[str]:
     lines = ["| subset | faces | accuracy | macro-F1 | " + " | ".join(f"{lab} P / R / F1" for lab in LABELS) + " |",
              "|---|---|---|---|" + "---|" * len(LABELS)]
@@ -140,7 +137,7 @@ def _section_table(rows: list[tuple[str, dict]]) -> list[str]:
             c = sec["per_class"][lab]
             cells.append("–" if not c["support"] else
                          f"{c['precision']:.2f} / {c['recall']:.2f} / {c['f1']:.2f} (n={c['support']})")
-        lines.append(f"| {name} | {sec['n']} | {_fmt(sec['accuracy'])} | {_fmt(sec['macro_f1'])} | "
+        lines.append(f"| {name} | {sec['n']} | {number_cell(sec['accuracy'])} | {number_cell(sec['macro_f1'])} | "
                      + " | ".join(cells) + " |")
     return lines
 

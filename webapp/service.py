@@ -59,6 +59,11 @@ class PayloadError(FrameError):
     code = "bad_payload"
 
 
+def is_seq(value: Any) -> bool:
+    """A frame's sequence number is an int; JSON's true/false arrive as bool, a subclass of int."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def parse_frame(data: Any, max_bytes: int, max_pixels: int = 1920 * 1080) -> tuple[int, bytes, str | None, bool]:
     """(seq, image bytes, camera name, page hidden) of a ``frame`` event, or a typed error.
 
@@ -69,7 +74,7 @@ def parse_frame(data: Any, max_bytes: int, max_pixels: int = 1920 * 1080) -> tup
     if not isinstance(data, dict):
         raise PayloadError("a frame is an object {seq, image, camera?}")
     seq = data.get("seq")
-    if isinstance(seq, bool) or not isinstance(seq, int):
+    if not is_seq(seq):
         raise PayloadError("'seq' must be an integer")
     image = data.get("image")
     if not isinstance(image, (bytes, bytearray, memoryview)):
@@ -195,8 +200,7 @@ class InferenceService:
 
     def submit(self, sid: str, data: Any) -> dict | None:
         """Validate and park a frame; returns a ``frame_error`` payload if it was refused."""
-        seq = data.get("seq") if isinstance(data, dict) else None
-        seq = seq if isinstance(seq, int) and not isinstance(seq, bool) else None  # echoed only if valid
+        seq = data.get("seq") if isinstance(data, dict) and is_seq(data.get("seq")) else None  # echoed only if valid
         with self._lock:
             session = self._sessions.get(sid)
         if session is None:
