@@ -121,6 +121,17 @@ def test_tiny_cross_validation_then_a_detector_on_every_training_image(data_dir,
     assert summary["folds_done"] == [0, 1]
     assert all((folder / f"fold{k}" / "model" / "face_detector.tflite").is_file() for k in (0, 1))
 
+    # a serving variant read on the same fold detectors: same images, the thorough pass at 640 px
+    assert detector_cv.main(["--name", "tiny-640", "--root", str(tmp_path), "--models", str(folder),
+                             "--side", "640"]) == 0
+    reread = json.loads((tmp_path / "tiny-640" / detector_cv.CV_FILE).read_text())
+    assert reread["config"] == {**summary["config"], "side": 640, "models": str(folder)}
+    assert (reread["images"], reread["faces"]) == (summary["images"], summary["faces"])
+    assert detector_cv.cv_command(tmp_path / "tiny-640", reread["config"]).endswith(
+        f" then python -m training.detector_cv --name tiny-640 --models {folder} --side 640 --root {tmp_path}")
+    with pytest.raises(SystemExit):  # a re-read trains nothing, so it takes no training flags
+        detector_cv.main(["--name", "x", "--root", str(tmp_path), "--models", str(folder), "--", "--steps", "3"])
+
     out = tmp_path / "model"
     common = ["--cv", str(folder), "--out", str(out), "--work", str(tmp_path / "work")]
     with pytest.raises(SystemExit, match="another recipe"):
@@ -138,3 +149,33 @@ def test_tiny_cross_validation_then_a_detector_on_every_training_image(data_dir,
     assert "Out of fold" in card and f"| {detector.threshold:.2f} ← chosen |" in card
     with pytest.raises(SystemExit, match="train it again with --cv"):
         train_detector.main(["--data", str(data_dir), "--out", str(out), "--retune"])
+
+    # a new fit of the recipe takes the operating point its detector_metrics.json recorded (no folds)
+    again = tmp_path / "again"
+    recorded = ["--cv", str(out / "detector_metrics.json"), "--out", str(again), "--work", str(tmp_path / "work2")]
+    with pytest.raises(SystemExit, match="another recipe"):
+        train_detector.main([*recorded, *recipe[:-1], "3"])
+    assert train_detector.main([*recorded, *recipe]) == 0
+    tuning, again_tuning = (json.loads((d / "detector_metrics.json").read_text())["tuning"] for d in (out, again))
+    assert again_tuning["cv"] == tuning["cv"] and again_tuning["curve"] == tuning["curve"]
+    assert TrainedDetector(again).contract == detector.contract
+    assert f"`python -m training.detector_cv --name tiny --folds 2 --side 512 --root {tmp_path} -- " in (
+        again / "MODEL_CARD.md").read_text()
+
+
+def test_the_default_operating_point_is_the_shipped_detectors_cross_validation(tmp_path):
+    from training.train_detector import SHIPPED_RECORD, parse_args, recorded_cross_validation
+    from webapp.config import Settings
+
+    assert parse_args([]).cv == Settings().model_dir / SHIPPED_RECORD
+    assert parse_args(["--tune-split"]).cv is None and parse_args(["--folds", "4"]).cv is None
+    with pytest.raises(SystemExit):
+        parse_args(["--tune-split", "--cv", "x"])
+    shipped = recorded_cross_validation(Settings().model_dir / SHIPPED_RECORD)
+    assert shipped["tuning"]["cv"]["command"].startswith("python -m training.detector_cv ")
+    for text, why in (("{", "cannot read"), (json.dumps({"run": {}, "tuning": {}}), "no cross-validation")):
+        (tmp_path / "m.json").write_text(text)
+        with pytest.raises(SystemExit, match=why):
+            recorded_cross_validation(tmp_path / "m.json")
+    with pytest.raises(SystemExit, match="cannot read"):
+        recorded_cross_validation(tmp_path / "missing.json")

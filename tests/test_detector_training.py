@@ -159,6 +159,7 @@ def test_tiny_detector_training_run_exports_resumes_and_serves(data_dir, tmp_pat
               "--batch-size", "2", "--crop", "128", "--checkpoint-every", "2"]
     common += ["--closeup-tune-fraction", "0.5"]  # the close-ups counted for the operating point are not pasted
     common += ["--picture-share", "0.5"]  # chandrikadeb7 pictures boxed by the teacher are pasted too
+    common += ["--tune-split"]  # the operating point from the tune images, not a cross-validation
     assert train_detector.main(common + ["--steps", "2"]) == 0
     assert train_detector.main(common + ["--steps", "4", "--resume"]) == 0
     log = (work / "train_log.csv").read_text().splitlines()
@@ -265,13 +266,15 @@ def test_size_thresholds_are_chosen_by_the_rule(rows, chosen):
     assert (None if best is None else (best["threshold"], best["threshold_large"])) == chosen
 
 
-def _detector_run(tmp_path, name: str, minutes: float, steps: int = 4000) -> Path:
-    """A folder with a detector_metrics.json as training.train_detector writes it (the parts a re-run reads)."""
+def _detector_run(tmp_path, name: str, minutes: float, steps: int = 4000, cv: tuple[str, str] | None = None) -> Path:
+    """A folder with a detector_metrics.json as training.train_detector writes it (the parts a re-run reads);
+    ``cv``: (its --cv, the command of the cross-validation that chose its operating point)."""
     folder = tmp_path / name
     folder.mkdir()
-    tune = {"still_side": 512, "still_mirror": True, "threshold": 0.45, "precision": 0.95, "recall": 0.87}
+    tune = {"still_side": 512, "still_mirror": True, "threshold": 0.45, "precision": 0.95, "recall": 0.87,
+            **({"cv": {"command": cv[1]}} if cv else {})}
     run = {"commands": [f"python -m training.train_detector --out {folder}"], "seed": 1234, "steps": steps,
-           "train_seconds": minutes * 60, "other_seconds": 90.0}
+           "train_seconds": minutes * 60, "other_seconds": 90.0, **({"cv": cv[0]} if cv else {})}
     (folder / "detector_metrics.json").write_text(json.dumps({"run": run, "tuning": tune}))
     return folder
 
@@ -311,4 +314,17 @@ def test_a_rerun_of_another_recipe_is_refused(tmp_path):
     model = _detector_run(tmp_path, "model", minutes=64)
     other = _detector_run(tmp_path, "other", minutes=30, steps=5000)
     with pytest.raises(ValueError, match="steps differ"):
+        record_rerun(model, other, [])
+
+
+def test_a_rerun_counts_when_the_same_cross_validation_chose_its_operating_point(tmp_path):
+    from training.detector_rerun import record_rerun
+
+    cv = "python -m training.detector_cv --name shipped-recipe --folds 4 --side 512"
+    model = _detector_run(tmp_path, "model", minutes=21, cv=("runs/detector-cv/shipped-recipe", cv))
+    # the default command reads the point from the shipped detector_metrics.json: the same cross-validation
+    default = _detector_run(tmp_path, "default", minutes=21, cv=("model/detector_metrics.json", cv))
+    assert record_rerun(model, default, [])["train_seconds"] == 21 * 60
+    other = _detector_run(tmp_path, "other", minutes=21, cv=("runs/detector-cv/b", cv.replace("512", "640")))
+    with pytest.raises(ValueError, match="the cross-validation that chose the operating point"):
         record_rerun(model, other, [])

@@ -10,7 +10,12 @@ pooled out-of-fold detections by the tune rule (the lowest with precision >= 0.9
 are compared fold by fold on the same folds. The validation split is never touched.
 
     python -m training.detector_cv --name NAME [--folds 5] [-- train_detector flags]
+    python -m training.detector_cv --name NAME --models runs/detector-cv/A --side 640
     python -m training.detector_cv --summarise runs/detector-cv/A [runs/detector-cv/B ...]
+
+``--models`` trains nothing: it reads the held-out folds of a finished cross-validation again with
+its fold detectors, served another way (a thorough pass at another ``--side``), so a serving change
+is compared fold by fold with no training noise between the two.
 
 Each fold is a ``python -m training.train_detector --folds N --fold K`` run in ``OUT/foldK``; it is
 resumable: a finished fold (``foldK/oof.json``) is kept and an interrupted one continues from its
@@ -39,6 +44,7 @@ from training.detector_report import (
     Looks,
     closeup_detections,
     operating_point,
+    same_pass,
     set_operating_point,
     tally,
     threshold_curve,
@@ -163,6 +169,10 @@ def _fold_seconds(folder: Path, folds: Sequence[int]) -> dict[int, float]:
 def cv_command(folder: Path, config: dict[str, Any]) -> str:
     """The command that ran (or resumes) the cross-validation in ``folder``."""
     root = "" if folder.parent == DEFAULT_ROOT else f" --root {folder.parent}"
+    if "models" in config:  # a serving variant read on another cross-validation's fold detectors
+        source = Path(config["models"])
+        return (f"{cv_command(source, json.loads((source / 'config.json').read_text()))} then "
+                f"python -m training.detector_cv --name {folder.name} --models {source} --side {config['side']}{root}")
     flags = f" -- {' '.join(config['flags'])}" if config["flags"] else ""
     return (f"python -m training.detector_cv --name {folder.name} --folds {config['folds']} "
             f"--side {config['side']}{root}{flags}")
@@ -199,6 +209,25 @@ def cv_operating_point(out: Path, summary: dict[str, Any], folder: Path, closeup
                    "command": cv_command(folder, summary["config"]),
                    "fold_seconds": list(summary["fold_seconds"].values()),
                    "out_of_fold": {k: summary[k] for k in ("operating_point", "shipped_threshold")}}}
+
+
+def recorded_operating_point(out: Path, tuning: dict[str, Any], closeups: Sequence[Sample],
+                             closeups_trained_on: bool) -> dict[str, Any]:
+    """Set the contract of the detector in ``out`` to the operating point a cross-validation chose
+    for an earlier fit of the same recipe (``tuning``: that fit's recorded tables), count this
+    detector's boxes per close-up there, and return the tables with the new count.
+
+    Why: the cross-validation costs four trainings; a new fit of the same recipe (and seed) takes
+    the operating point it chose instead of repeating it.
+    """
+    chosen = {k: tuning[k] for k in ("threshold", "threshold_large", "still_side", "still_mirror")}
+    at_point = TrainedDetector(out, threads=2, threshold=chosen["threshold"], threshold_large=chosen["threshold_large"],
+                               still_side=chosen["still_side"], still_mirror=chosen["still_mirror"])
+    count = closeup_detections(at_point, closeups)
+    set_operating_point(out, chosen)
+    sides = [{**s, "closeup_detections": count} if same_pass(s, chosen) else s for s in tuning["sides"]]
+    return {**tuning, "closeup_detections": count, "sides": sides, "closeup_images": len(closeups),
+            "closeups_trained_on": closeups_trained_on}
 
 
 def format_summary(name: str, s: dict[str, Any]) -> str:
@@ -256,6 +285,31 @@ def run(out: Path, folds: int, side: int, flags: list[str]) -> None:
         print(format_summary(out.name, summarise(out)), flush=True)
 
 
+def reread(out: Path, source: Path, side: int) -> None:
+    """Read each held-out fold of the finished cross-validation ``source`` again with its own fold
+    detector, the thorough pass at ``side`` px, into the cross-validation folder ``out``."""
+    from training.train_detector import detector_splits, parse_args
+
+    config = json.loads((source / "config.json").read_text())
+    finished_summary(source)
+    out.mkdir(parents=True, exist_ok=True)
+    ours = {**config, "side": side, "models": str(source)}
+    config_path = out / "config.json"
+    if config_path.is_file() and json.loads(config_path.read_text()) != ours:
+        raise SystemExit(f"{out} holds a cross-validation with other settings ({config_path}); use another --name")
+    config_path.write_text(json.dumps(ours, indent=2) + "\n")
+    args = parse_args(config["flags"])
+    data_dir = Settings.load({"data_dir": args.data}).data_dir
+    for k in range(config["folds"]):
+        fold_dir = out / f"fold{k}"
+        if (fold_dir / OOF_FILE).is_file():
+            continue
+        held_out = detector_splits(data_dir, args.limit_images, (k, config["folds"]))[1]
+        rows = out_of_fold(source / f"fold{k}" / "model", held_out, side)
+        fold_dir.mkdir(exist_ok=True)
+        (fold_dir / OOF_FILE).write_text(json.dumps(rows) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ours, flags = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
@@ -265,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", type=Path, default=DEFAULT_ROOT)
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--side", type=int, default=512, help="long side of the mirrored thorough pass read on each fold")
+    p.add_argument("--models", type=Path, metavar="FOLDER",
+                   help="train nothing: read the held-out folds again with this finished cross-validation's "
+                        "fold detectors at --side (with --name; --folds and training flags come from FOLDER)")
     p.add_argument("--summarise", type=Path, nargs="+", metavar="FOLDER",
                    help="only print (and write cv.json of) finished folders; two or more are compared with the first")
     args = p.parse_args(ours)
@@ -272,7 +329,11 @@ def main(argv: list[str] | None = None) -> int:
     if bool(args.name) == bool(args.summarise):
         p.error("give either --name (train) or --summarise FOLDER...")
     folders = args.summarise or [args.root / args.name]
-    if args.name:
+    if args.models:
+        if not args.name or flags:
+            p.error("--models reads another cross-validation's fold detectors: give --name and no training flags")
+        reread(folders[0], args.models, args.side)
+    elif args.name:
         if args.folds < 2:
             p.error("--folds must be at least 2")
         run(folders[0], args.folds, args.side, flags)

@@ -288,7 +288,7 @@ def _operating_point_plot(out: Path, tuning: dict[str, Any]) -> None:
     plt = _pyplot()
     fig, b = plt.subplots(figsize=(6, 4.5))
     for p in tuning["sides"]:
-        chosen = _same_pass(p, tuning)
+        chosen = same_pass(p, tuning)
         b.plot([r["recall"] for r in p["curve"]], [r["precision"] for r in p["curve"]], marker="o", markersize=3,
                linewidth=2.5 if chosen else 1, label=_pass_name(p) + (" (chosen)" if chosen else ""))
     for r in tuning["curve"]:
@@ -318,7 +318,9 @@ def _cv_choice(tuning: dict[str, Any]) -> str:
     return (f"- Which data chose what: the recipe was first cross-validated on the kaggle-facemask training "
             f"split (`{cv['folder']}`: {cv['folds']} folds by image group, near-duplicates together, each fold's "
             f"detector trained on the others; {tuning['tune_images']} images, {tuning['tune_faces']} faces, each "
-            "looked at once by a detector that never trained on it). The threshold is the lowest with precision ≥ "
+            f"looked at once by a detector that never trained on it, with the thorough pass at "
+            f"{tuning['still_side']} px{' + mirror image' if tuning.get('still_mirror') else ''}). "
+            "The threshold is the lowest with precision ≥ "
             f"{tuning['target_precision']} on those pooled out-of-fold detections; this detector then trained on "
             "every training image with the same recipe, and its boxes per close-up were counted on the "
             f"{tuning['closeup_images']} maskedfacenet-maskon close-ups "
@@ -326,7 +328,8 @@ def _cv_choice(tuning: dict[str, Any]) -> str:
             + ". The validation split is used only for the results below.")
 
 
-def _same_pass(a: dict[str, Any], b: dict[str, Any]) -> bool:
+def same_pass(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two operating points' thorough passes are the same (side, mirror image or not)."""
     return (a["still_side"], a.get("still_mirror", False)) == (b["still_side"], b.get("still_mirror", False))
 
 
@@ -413,7 +416,7 @@ def detector_card_lines(out: Path) -> list[str]:
     L += [f"| thorough pass | threshold | {words} precision | {words} recall | {words} detections | "
           "detections per close-up |", "|---|---|---|---|---|---|"]
     for p in tuning["sides"]:
-        mark = " ← chosen" if _same_pass(p, contract) else ""
+        mark = " ← chosen" if same_pass(p, contract) else ""
         L.append(f"| {_pass_name(p)}{mark} | {p['threshold']:.2f} | {p['precision']:.3f} | "
                  f"{p['recall']:.3f} | {p['detections']} | {p['closeup_detections']:.3f} |")
     L += ["", f"At {_pass_name(contract)}:", ""]

@@ -8,8 +8,8 @@ validation results with the shipped classifier. This module adds such a run to
 ``detector_metrics.json`` (``reruns``) and re-renders the model card, where it is shown next to
 the shipped run. Usage::
 
-    python -m training.train_detector --cv runs/detector-cv/shipped-recipe --out runs/detector-model-rerun \\
-        --work runs/detector-rerun      # the shipped detector's command (model card), into runs/
+    python -m training.train_detector --out runs/detector-model-rerun --work runs/detector-rerun
+                                        # the shipped detector's command (model card), into runs/
     python -m training.evaluate --model DIR_WITH_ITS_DETECTOR ... --split val --json runs/eval-rerun-kaggle.json
     python -m training.detector_rerun runs/detector-model-rerun --eval runs/eval-rerun-kaggle.json \\
         runs/eval-rerun-maskon.json
@@ -30,7 +30,7 @@ from training.detector_report import METRICS_FILE
 # What a run records about itself rather than its recipe (fields both records have must otherwise agree;
 # a field added to the training command after the shipped run has no value there to compare).
 OUTCOME_KEYS = ("commands", "train_seconds", "other_seconds", "retune_seconds", "rebuild_max_abs_diff",
-                "tensorflow", "keras")
+                "tensorflow", "keras", "cv")  # "cv": where the operating point was read (compared below)
 # What a re-run row shows of an evaluation (training.evaluate --json, the trained detector's row).
 EVAL_KEYS = ("map50", "map50_min32", "precision", "detections_per_image")
 
@@ -61,6 +61,10 @@ def record_rerun(model_dir: Path, rerun_dir: Path, eval_files: Sequence[Path]) -
     rerun = json.loads((rerun_dir / METRICS_FILE).read_text())
     differ = sorted(k for k in shipped["run"].keys() & rerun["run"].keys()
                     if k not in OUTCOME_KEYS and shipped["run"][k] != rerun["run"][k])
+    # a cross-validation folder or a detector_metrics.json that recorded it: the same one chose both points
+    chose = [m["tuning"].get("cv", {}).get("command") for m in (shipped, rerun)]
+    if chose[0] != chose[1]:
+        differ.append("the cross-validation that chose the operating point")
     if differ:
         raise ValueError(f"{rerun_dir} is not a re-run of the shipped recipe ({', '.join(differ)} differ)")
     entry = run_summary(rerun, [json.loads(Path(f).read_text()) for f in eval_files])

@@ -3,21 +3,26 @@
 Reads top to bottom like a Keras example: data, model, loss, training loop (checkpoints,
 ``--resume``), export to TFLite, operating threshold, report. Usage::
 
-    python -m training.detector_cv --name shipped-recipe --folds 4      # the shipped detector: its recipe's
-    python -m training.train_detector --cv runs/detector-cv/shipped-recipe --out model/   # CV, then every image
-    python -m training.train_detector                     # threshold from the tune split -> runs/detector-model
+    python -m training.train_detector                     # shipped recipe and operating point -> runs/detector-model
+    python -m training.train_detector --out model/        # ... and replace the shipped detector
+    python -m training.detector_cv --name shipped-recipe --folds 4   # how that operating point was chosen
+    python -m training.train_detector --cv runs/detector-cv/shipped-recipe    # ... and taken from the CV folder
+    python -m training.train_detector --tune-split        # threshold from the tune split (a quick candidate)
     python -m training.train_detector --steps 40 --out runs/tiny   # a smoke run
     python -m training.train_detector --resume            # continue an interrupted run
     python -m training.train_detector --retune            # only choose the operating point again
 
-Which data chose what (without ``--cv``): the model trains on the kaggle-facemask *fit* images (the classifier's
+Which data chose what (``--tune-split``): the model trains on the kaggle-facemask *fit* images (the classifier's
 training split minus a tune split) plus maskedfacenet-maskon training close-ups pasted into
 scenes (and, with ``--picture-share``, chandrikadeb7 training pictures boxed by MediaPipe's
 BlazeFace). The operating threshold is chosen on the *tune* images (never trained on); the boxes per
 close-up are counted on the pasted close-ups, or on a share kept out of pasting
 (``--closeup-tune-fraction``). The validation split (``python -m training.evaluate --split
-val``) is used for reporting only. With ``--cv`` it trains on every training image and takes its
-threshold from the cross-validation's pooled out-of-fold detections (``training/detector_cv.py``).
+val``) is used for reporting only. By default (``--cv``) it trains on every training image and takes
+its thorough pass and threshold from a cross-validation's pooled out-of-fold detections
+(``training/detector_cv.py``): those the shipped detector's ``detector_metrics.json`` recorded, or a
+finished cross-validation folder. The cross-validation of the shipped recipe costs four trainings
+(88 min here); it is run once per recipe, not for every fit.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -43,6 +48,7 @@ log = logging.getLogger("training.train_detector")
 SPLIT_SEED = 1234       # the classifier's split: validation images stay out of both models
 VAL_FRACTION = 0.25
 TUNE_FRACTION = 0.15    # of the training images, for the operating threshold
+SHIPPED_RECORD = "detector_metrics.json"  # in the model folder: the default --cv (detector_report.METRICS_FILE)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -83,10 +89,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --work")
     p.add_argument("--retune", action="store_true",
                    help="only choose the operating point again for the detector already in --out (no training)")
-    p.add_argument("--cv", type=Path, metavar="FOLDER",
+    p.add_argument("--cv", type=Path, metavar="FOLDER|JSON",
                    help="train on every kaggle-facemask training image (no tune split) and take the thorough pass "
-                        "and threshold from this finished cross-validation of the same recipe "
-                        "(python -m training.detector_cv)")
+                        "and threshold from this finished cross-validation of the same recipe (python -m "
+                        "training.detector_cv), or from the one a detector_metrics.json recorded (default: "
+                        f"{Settings().model_dir}/{SHIPPED_RECORD}, the shipped detector's)")
+    p.add_argument("--tune-split", action="store_true",
+                   help="hold out the tune split and choose the operating point on it instead of --cv")
     p.add_argument("--folds", type=int, default=0,
                    help="cross-validation (python -m training.detector_cv): split the kaggle training images "
                         "into this many folds by image group and tune on --fold instead of the tune split")
@@ -99,6 +108,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--retune re-chooses the operating point on the tune images; it takes no --folds or --cv")
     if args.folds and args.cv:
         p.error("--folds trains one fold of a cross-validation; --cv trains on every training image")
+    if args.tune_split and args.cv:
+        p.error("--tune-split chooses the operating point on the tune images; --cv takes it from a cross-validation")
+    if not (args.cv or args.folds or args.retune or args.tune_split):
+        args.cv = Settings().model_dir / SHIPPED_RECORD
     return args
 
 
@@ -107,11 +120,25 @@ RECIPE_FLAGS = ("steps", "batch_size", "crop", "serve_side", "lr", "paste_prob",
                 "closeup_tune_fraction", "picture_share", "region_blur", "rare_weight", "seed")
 
 
-def recipe_differences(args: argparse.Namespace, flags: list[str]) -> list[str]:
-    """The recipe flags in which ``args`` differs from a cross-validation run with ``flags``."""
-    theirs = parse_args(flags)
-    return [f"--{k.replace('_', '-')} {getattr(args, k)} (cross-validation: {getattr(theirs, k)})"
-            for k in RECIPE_FLAGS if getattr(args, k) != getattr(theirs, k)]
+def recipe_differences(args: argparse.Namespace, theirs: Sequence[str] | Mapping[str, Any]) -> list[str]:
+    """The recipe flags in which ``args`` differs from a cross-validation run with the training flags
+    ``theirs``, or from a recorded run (``theirs``: its ``detector_metrics.json`` "run" record)."""
+    if not isinstance(theirs, Mapping):
+        theirs = vars(parse_args([*theirs, "--tune-split"]))
+    return [f"--{k.replace('_', '-')} {getattr(args, k)} (cross-validation: {theirs.get(k)})"
+            for k in RECIPE_FLAGS if getattr(args, k) != theirs.get(k)]
+
+
+def recorded_cross_validation(path: Path) -> dict[str, Any]:
+    """The "run" and "tuning" records of a detector whose operating point a cross-validation chose."""
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"--cv {path}: cannot read it ({exc})") from None
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("tuning"), dict) or "cv" not in recorded["tuning"]:
+        raise SystemExit(f"--cv {path}: it records no cross-validation (a detector trained with --cv writes "
+                         "one); give a cross-validation folder or --tune-split")
+    return recorded
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,12 +164,16 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.retune:
         return retune(args.out, data_dir, args.limit_images, argv)
-    cv = None
-    if args.cv:
+    cv = recorded = None
+    if args.cv and args.cv.is_dir():
         from training.detector_cv import finished_summary
 
         cv = finished_summary(args.cv)
         differences = recipe_differences(args, cv["config"]["flags"])
+    elif args.cv:
+        cv = recorded = recorded_cross_validation(args.cv)
+        differences = recipe_differences(args, recorded["run"])
+    if args.cv:
         if differences:
             raise SystemExit(f"{args.cv} cross-validated another recipe: " + "; ".join(differences))
 
@@ -229,12 +260,17 @@ def main(argv: list[str] | None = None) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     export_detector(model, args.out, still_side=args.serve_side, live_side=args.live_side)
+    trained_on = closeup_tune is closeups
     if cv is None:
-        tuning = choose_operating_point(args.out, tune, closeup_tune, closeups_trained_on=closeup_tune is closeups)
+        tuning = choose_operating_point(args.out, tune, closeup_tune, closeups_trained_on=trained_on)
+    elif recorded is not None:
+        from training.detector_cv import recorded_operating_point
+
+        tuning = recorded_operating_point(args.out, recorded["tuning"], closeup_tune, closeups_trained_on=trained_on)
     else:
         from training.detector_cv import cv_operating_point
 
-        tuning = cv_operating_point(args.out, cv, args.cv, closeup_tune, closeups_trained_on=closeup_tune is closeups)
+        tuning = cv_operating_point(args.out, cv, args.cv, closeup_tune, closeups_trained_on=trained_on)
     run = {
         "commands": _commands(args.work, argv),
         "seed": args.seed, "steps": args.steps, "batch_size": args.batch_size, "crop": args.crop,
