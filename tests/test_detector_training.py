@@ -306,6 +306,14 @@ def test_a_rerun_of_the_detector_command_is_recorded_beside_the_shipped_run(tmp_
     assert len(rows) == 2
     assert "64 min" in rows[0] and "kaggle-facemask (168): 0.693" in rows[0]
     assert "20 min" in rows[1] and "kaggle-facemask (168): 0.684" in rows[1]
+    assert rows[1].endswith("| – |")  # no detector files to compare
+    for folder, weights in ((model, b"w"), (rerun, b"w")):
+        (folder / "face_detector.tflite").write_bytes(weights)
+    record_rerun(model, rerun, [])
+    assert lines_of(model)[-2].endswith("| same bytes |")
+    (rerun / "face_detector.tflite").write_bytes(b"other")
+    record_rerun(model, rerun, [])
+    assert lines_of(model)[-2].endswith("| differs |")
 
 
 def test_a_rerun_of_another_recipe_is_refused(tmp_path):
