@@ -164,14 +164,15 @@ def test_tiny_cross_validation_then_a_detector_on_every_training_image(data_dir,
 
 
 def test_the_default_operating_point_is_the_shipped_detectors_cross_validation(tmp_path):
-    from training.train_detector import SHIPPED_RECORD, parse_args, recorded_cross_validation
+    from training.detector_report import METRICS_FILE
+    from training.train_detector import parse_args, recorded_cross_validation
     from webapp.config import Settings
 
-    assert parse_args([]).cv == Settings().model_dir / SHIPPED_RECORD
+    assert parse_args([]).cv == Settings().model_dir / METRICS_FILE
     assert parse_args(["--tune-split"]).cv is None and parse_args(["--folds", "4"]).cv is None
     with pytest.raises(SystemExit):
         parse_args(["--tune-split", "--cv", "x"])
-    shipped = recorded_cross_validation(Settings().model_dir / SHIPPED_RECORD)
+    shipped = recorded_cross_validation(Settings().model_dir / METRICS_FILE)
     assert shipped["tuning"]["cv"]["command"].startswith("python -m training.detector_cv ")
     for text, why in (("{", "cannot read"), (json.dumps({"run": {}, "tuning": {}}), "no cross-validation")):
         (tmp_path / "m.json").write_text(text)

@@ -41,6 +41,7 @@ import numpy as np
 
 from training.datasets import CHANDRIKA, KAGGLE, MASKON, Sample, assign_folds, load_dataset, split_by_image
 from training.detector_data import CLOSEUP_FACE, CropSampler, Scene, boxed_by_teacher, load_scenes, training_batch
+from training.detector_report import METRICS_FILE
 from webapp.vision.labels import WITH_MASK
 
 log = logging.getLogger("training.train_detector")
@@ -48,7 +49,6 @@ log = logging.getLogger("training.train_detector")
 SPLIT_SEED = 1234       # the classifier's split: validation images stay out of both models
 VAL_FRACTION = 0.25
 TUNE_FRACTION = 0.15    # of the training images, for the operating threshold
-SHIPPED_RECORD = "detector_metrics.json"  # in the model folder: the default --cv (detector_report.METRICS_FILE)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -93,7 +93,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="train on every kaggle-facemask training image (no tune split) and take the thorough pass "
                         "and threshold from this finished cross-validation of the same recipe (python -m "
                         "training.detector_cv), or from the one a detector_metrics.json recorded (default: "
-                        f"{Settings().model_dir}/{SHIPPED_RECORD}, the shipped detector's)")
+                        f"{Settings().model_dir}/{METRICS_FILE}, the shipped detector's)")
     p.add_argument("--tune-split", action="store_true",
                    help="hold out the tune split and choose the operating point on it instead of --cv")
     p.add_argument("--folds", type=int, default=0,
@@ -111,7 +111,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.tune_split and args.cv:
         p.error("--tune-split chooses the operating point on the tune images; --cv takes it from a cross-validation")
     if not (args.cv or args.folds or args.retune or args.tune_split):
-        args.cv = Settings().model_dir / SHIPPED_RECORD
+        args.cv = Settings().model_dir / METRICS_FILE
     return args
 
 
@@ -297,7 +297,7 @@ def retune(out: Path, data_dir: Path, limit: int | None, argv: list[str] | None)
     """Choose the thorough pass and threshold again for the detector in ``out``, on the same tune
     images and close-ups as its training run, when the choices offered change (e.g. the mirrored
     pass); the training record stays and the command joins its list."""
-    from training.detector_report import METRICS_FILE, choose_operating_point, write_detector_card
+    from training.detector_report import choose_operating_point, write_detector_card
 
     if not (out / METRICS_FILE).is_file():
         raise SystemExit(f"no trained detector in {out} (its {METRICS_FILE} is missing): train one first")
