@@ -188,34 +188,30 @@ def finished_summary(folder: Path) -> dict[str, Any]:
     return summary
 
 
-def cv_operating_point(out: Path, summary: dict[str, Any], folder: Path, closeups: Sequence[Sample],
-                       closeups_trained_on: bool) -> dict[str, Any]:
-    """Set the contract of the detector in ``out`` (trained on every training image) to the
-    cross-validation's operating point, count its boxes per close-up there, and return the
-    tables in the shape ``choose_operating_point`` gives them (the model card reads either)."""
+def cv_tables(summary: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """The cross-validation's operating point and out-of-fold tables, in the shape
+    ``choose_operating_point`` gives them (the model card reads either), before any detector trained
+    on every training image has counted its boxes per close-up there (``apply_operating_point``)."""
     t = summary["operating_point"]["threshold"]
-    side = int(summary["config"]["side"])
     row = next(r for r in summary["curve"] if r["threshold"] == t)
-    at_point = TrainedDetector(out, threads=2, threshold=t, still_side=side, still_mirror=True)
-    point = {"still_side": side, "still_mirror": True, **row, "meets_precision": summary["meets_precision"],
-             "closeup_detections": closeup_detections(at_point, closeups)}
-    chosen = {**point, "threshold_large": t}
-    set_operating_point(out, chosen)
-    return {**chosen, "curve": summary["curve"], "sides": [{**point, "curve": summary["curve"]}],
+    point = {"still_side": int(summary["config"]["side"]), "still_mirror": True, **row,
+             "meets_precision": summary["meets_precision"]}
+    return {**point, "threshold_large": t, "curve": summary["curve"], "sides": [{**point, "curve": summary["curve"]}],
             "size_thresholds": None, "target_precision": TARGET_PRECISION,
             "max_closeup_detections": MAX_CLOSEUP_DETECTIONS, "tune_images": summary["images"],
-            "tune_faces": summary["faces"], "closeup_images": len(closeups), "closeups_trained_on": closeups_trained_on,
+            "tune_faces": summary["faces"],
             "cv": {"folder": str(folder), "folds": summary["config"]["folds"],
                    "command": cv_command(folder, summary["config"]),
                    "fold_seconds": list(summary["fold_seconds"].values()),
                    "out_of_fold": {k: summary[k] for k in ("operating_point", "shipped_threshold")}}}
 
 
-def recorded_operating_point(out: Path, tuning: dict[str, Any], closeups: Sequence[Sample],
-                             closeups_trained_on: bool) -> dict[str, Any]:
-    """Set the contract of the detector in ``out`` to the operating point a cross-validation chose
-    for an earlier fit of the same recipe (``tuning``: that fit's recorded tables), count this
-    detector's boxes per close-up there, and return the tables with the new count.
+def apply_operating_point(out: Path, tuning: dict[str, Any], closeups: Sequence[Sample],
+                          closeups_trained_on: bool) -> dict[str, Any]:
+    """Set the contract of the detector in ``out`` (trained on every training image) to the
+    operating point a cross-validation chose (``tuning``: ``cv_tables`` of its folder, or the tables
+    an earlier fit of the same recipe recorded), count this detector's boxes per close-up there, and
+    return the tables with that count.
 
     Why: the cross-validation costs four trainings; a new fit of the same recipe (and seed) takes
     the operating point it chose instead of repeating it.
@@ -257,17 +253,22 @@ def compare(a: dict[str, Any], b: dict[str, Any], key: str = "shipped_threshold"
             f"(sum {sum(diffs):+d} on {len(common)} common folds)")
 
 
+def _claim(out: Path, config: dict[str, Any]) -> None:
+    """Write ``config`` into the cross-validation folder ``out``, refusing one that holds another
+    (its finished folds belong to those settings; a resumed run must not mix them)."""
+    out.mkdir(parents=True, exist_ok=True)
+    config_path = out / "config.json"
+    if config_path.is_file() and json.loads(config_path.read_text()) != config:
+        raise SystemExit(f"{out} holds a cross-validation with other settings ({config_path}); use another --name")
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
+
+
 def run(out: Path, folds: int, side: int, flags: list[str]) -> None:
     """Train and read every unfinished fold of ``out``."""
     from training.train_detector import detector_splits, parse_args
     from training.train_detector import main as train_detector
 
-    out.mkdir(parents=True, exist_ok=True)
-    config_path = out / "config.json"
-    config = {"folds": folds, "side": side, "flags": flags}
-    if config_path.is_file() and json.loads(config_path.read_text()) != config:
-        raise SystemExit(f"{out} holds a cross-validation with other settings ({config_path}); use another --name")
-    config_path.write_text(json.dumps(config, indent=2) + "\n")
+    _claim(out, {"folds": folds, "side": side, "flags": flags})
     for k in range(folds):
         fold_dir = out / f"fold{k}"
         if (fold_dir / OOF_FILE).is_file():
@@ -292,12 +293,7 @@ def reread(out: Path, source: Path, side: int) -> None:
 
     config = json.loads((source / "config.json").read_text())
     finished_summary(source)
-    out.mkdir(parents=True, exist_ok=True)
-    ours = {**config, "side": side, "models": str(source)}
-    config_path = out / "config.json"
-    if config_path.is_file() and json.loads(config_path.read_text()) != ours:
-        raise SystemExit(f"{out} holds a cross-validation with other settings ({config_path}); use another --name")
-    config_path.write_text(json.dumps(ours, indent=2) + "\n")
+    _claim(out, {**config, "side": side, "models": str(source)})
     args = parse_args(config["flags"])
     data_dir = Settings.load({"data_dir": args.data}).data_dir
     for k in range(config["folds"]):

@@ -21,7 +21,7 @@ drops the recorded re-runs: they describe the detector they were compared with.
 from __future__ import annotations
 
 import argparse
-import hashlib
+import filecmp
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -78,9 +78,7 @@ def record_rerun(model_dir: Path, rerun_dir: Path, eval_files: Sequence[Path]) -
 
 def _same_bytes(a: Path, b: Path) -> bool | None:
     """Whether two files hold the same bytes (None when either is missing)."""
-    if not (a.is_file() and b.is_file()):
-        return None
-    return hashlib.sha256(a.read_bytes()).digest() == hashlib.sha256(b.read_bytes()).digest()
+    return filecmp.cmp(a, b, shallow=False) if a.is_file() and b.is_file() else None
 
 
 def rerun_lines(m: dict[str, Any], shipped_evals: Sequence[dict[str, Any]]) -> list[str]:

@@ -164,22 +164,24 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.retune:
         return retune(args.out, data_dir, args.limit_images, argv)
-    cv = recorded = None
+    cv_tuning = None  # the operating point a cross-validation chose, with its tables
     if args.cv and args.cv.is_dir():
-        from training.detector_cv import finished_summary
+        from training.detector_cv import cv_tables, finished_summary
 
-        cv = finished_summary(args.cv)
-        differences = recipe_differences(args, cv["config"]["flags"])
+        summary = finished_summary(args.cv)
+        differences = recipe_differences(args, summary["config"]["flags"])
+        cv_tuning = cv_tables(summary, args.cv)
     elif args.cv:
-        cv = recorded = recorded_cross_validation(args.cv)
+        recorded = recorded_cross_validation(args.cv)
         differences = recipe_differences(args, recorded["run"])
+        cv_tuning = recorded["tuning"]
     if args.cv:
         if differences:
             raise SystemExit(f"{args.cv} cross-validated another recipe: " + "; ".join(differences))
 
     # --- Data: the split is by source image; near-duplicates share a group -------------------
     fit, tune, closeups = detector_splits(data_dir, args.limit_images, (args.fold, args.folds) if args.folds else None)
-    if cv is not None:  # the cross-validation chose the operating point: the tune images train too
+    if args.cv:  # the cross-validation chose the operating point: the tune images train too
         fit, tune = fit + tune, []
     closeups, closeup_tune = (split_by_image(closeups, args.closeup_tune_fraction, SPLIT_SEED + 1)
                               if args.closeup_tune_fraction else (closeups, closeups))
@@ -261,16 +263,12 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     export_detector(model, args.out, still_side=args.serve_side, live_side=args.live_side)
     trained_on = closeup_tune is closeups
-    if cv is None:
+    if cv_tuning is None:
         tuning = choose_operating_point(args.out, tune, closeup_tune, closeups_trained_on=trained_on)
-    elif recorded is not None:
-        from training.detector_cv import recorded_operating_point
-
-        tuning = recorded_operating_point(args.out, recorded["tuning"], closeup_tune, closeups_trained_on=trained_on)
     else:
-        from training.detector_cv import cv_operating_point
+        from training.detector_cv import apply_operating_point
 
-        tuning = cv_operating_point(args.out, cv, args.cv, closeup_tune, closeups_trained_on=trained_on)
+        tuning = apply_operating_point(args.out, cv_tuning, closeup_tune, closeups_trained_on=trained_on)
     run = {
         "commands": _commands(args.work, argv),
         "seed": args.seed, "steps": args.steps, "batch_size": args.batch_size, "crop": args.crop,
@@ -288,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     write_detector_card(args.out, run, tuning, log_path)
     log.info("wrote %s (side %d, threshold %.2f: %s precision %.3f, recall %.3f) in %.0f s", args.out,
-             tuning["still_side"], tuning["threshold"], "out-of-fold" if cv else "tune", tuning["precision"],
+             tuning["still_side"], tuning["threshold"], "out-of-fold" if args.cv else "tune", tuning["precision"],
              tuning["recall"], time.time() - started)
     return 0
 
