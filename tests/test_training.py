@@ -241,3 +241,69 @@ def test_training_defaults_are_the_shipped_recipe(model_dir):
     shipped = [net["recipe"] for net in report.members(json.loads((model_dir / "metrics.json").read_text()))]
     defaults = [Recipe()] + [Recipe().changed(spec) for spec in train.parse_args([]).ensemble]
     assert [Recipe.normalised(r) for r in shipped] == [r.as_dict() for r in defaults]
+
+
+def _synthetic_faces(specs):
+    """A FaceSet of plain-colour 'photos', one face each: (label, source, side, colour)."""
+    from training.faces import FaceRef, FaceSet
+
+    faces = FaceSet.__new__(FaceSet)
+    faces.images, faces.faces = [], []
+    for label, source, side, colour in specs:
+        image = np.full((2 * side, 2 * side, 3), colour, np.uint8)
+        faces.faces.append(FaceRef(len(faces.images), (side / 2, side / 2, 1.5 * side, 1.5 * side),
+                                   LABELS.index(label), source, f"g{len(faces.images)}", float(side)))
+        faces.images.append(image)
+    return faces
+
+
+def test_a_pulled_down_mask_covers_mouth_and_chin_and_leaves_the_nose():
+    from training.faces import pull_mask_below_nose
+
+    size, margin = 140, 0.2
+    face0, fh = size * margin / (1 + 2 * margin), size / (1 + 2 * margin)  # 20 px, 100 px
+    skin = np.full((size, size, 3), 180, np.uint8)
+    mask = np.full((size, size, 3), 250, np.uint8)
+    for seed in range(20):
+        out = pull_mask_below_nose(skin, mask, margin, np.random.default_rng(seed))
+        centre = size // 2
+        assert (out[:int(face0 + 0.52 * fh), :] == 180).all()  # forehead, eyes and nose untouched
+        assert out[int(face0 + 0.82 * fh), centre, 0] == 250  # the mouth/chin is masked
+        assert (out[int(face0 + 0.82 * fh), :int(face0)] == 180).all()  # the background beside
+        assert (out[int(face0 + 1.2 * fh):, :] == 180).all()  # the neck below stays the face's own
+
+
+def test_pulled_mask_relabels_only_unmasked_street_faces_with_a_size_matched_donor():
+    from training.datasets import CHANDRIKA, KAGGLE
+    from training.faces import MaskDonors, augmented_batch
+    from webapp.vision.labels import MASK_INCORRECT, WITH_MASK, WITHOUT_MASK
+
+    faces = _synthetic_faces([
+        (WITHOUT_MASK, KAGGLE, 20, 100), (WITHOUT_MASK, CHANDRIKA, 20, 100), (WITH_MASK, KAGGLE, 20, 200),
+        (WITH_MASK, KAGGLE, 18, 210), (WITH_MASK, KAGGLE, 200, 30), (WITH_MASK, CHANDRIKA, 20, 60)])
+    donors = MaskDonors(faces, KAGGLE)
+    rng = np.random.default_rng(0)
+    assert {donors.pick(faces.faces[0], rng).short_side for _ in range(50)} == {18.0, 20.0}
+    assert donors.takes(faces.faces[0]) and not donors.takes(faces.faces[1])
+
+    x, labels = augmented_batch(faces, np.array([0, 1, 2]), 64, 0.2, np.random.default_rng(1),
+                                pulled_mask=1.0, donors=donors)
+    assert x.shape == (3, 64, 64, 3)
+    assert [LABELS[k] for k in labels] == [MASK_INCORRECT, WITHOUT_MASK, WITH_MASK]
+    _, unchanged = augmented_batch(faces, np.array([0, 1, 2]), 64, 0.2, np.random.default_rng(1))
+    assert [LABELS[k] for k in unchanged] == [WITHOUT_MASK, WITHOUT_MASK, WITH_MASK]
+
+
+def test_pulled_faces_weigh_what_the_class_s_photos_weigh():
+    from training.datasets import KAGGLE, MASKON
+    from training.fit import TrainBatches
+    from training.recipe import Recipe
+    from webapp.vision.labels import MASK_INCORRECT, WITH_MASK, WITHOUT_MASK
+
+    faces = _synthetic_faces([(WITHOUT_MASK, KAGGLE, 20, 100)] * 4 + [(WITH_MASK, KAGGLE, 20, 200)] * 4
+                             + [(MASK_INCORRECT, KAGGLE, 20, 150), (MASK_INCORRECT, MASKON, 20, 150)])
+    batches = TrainBatches(faces, Recipe(size=32, batch_size=10, pulled_mask=1.0))
+    x, y, w = batches[0]
+    pulled = (y.argmax(1) == LABELS.index(MASK_INCORRECT)) & (faces.labels[batches._order[:10]] != 1)
+    assert pulled.any()
+    assert w[pulled] == pytest.approx(batches.weights[8])  # the real mask_incorrect photo's weight

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from training.datasets import Sample, read_rgb
 from webapp.vision.classifier import MaskClassifier
 from webapp.vision.crop import cut_face, to_model_input
-from webapp.vision.labels import LABELS, WITHOUT_MASK
+from webapp.vision.labels import LABELS, MASK_INCORRECT, WITH_MASK, WITHOUT_MASK
 
 
 @dataclass(frozen=True)
@@ -179,16 +179,90 @@ def cover_mouth_with_hand(crop: np.ndarray, margin: float, rng: np.random.Genera
     return (crop * (1 - mask) + hand * mask).astype(np.uint8)
 
 
+def pull_mask_below_nose(crop: np.ndarray, donor: np.ndarray, margin: float,
+                         rng: np.random.Generator) -> np.ndarray:
+    """Paint a real mask, taken from another photo's properly masked face (``donor``, a crop of
+    the same size and margin), onto an unmasked face with its upper edge slid below the nose or
+    onto the chin: a ``mask_incorrect`` face in a street photo's own light, blur and resolution.
+
+    Nearly all ``mask_incorrect`` training faces are MaskedFace-Net studio portraits; the
+    street photos the product sees hold only a few dozen, most of them small. Every unmasked
+    face of a street photo, with the lower half of a real masked face laid over its mouth and
+    chin, shows the one cue that tells the class apart (a nose above a mask) in that domain.
+    The donor's crop is shifted down by 18-40 % of the face height, so its mask's top edge
+    (near the nose bridge on a mask worn properly) lands between the nose tip and the chin;
+    the paste ends a little below the chin and inside the cheeks, so the face keeps its own
+    neck and background.
+    """
+    size = crop.shape[0]
+    face0 = size * margin / (1 + 2 * margin)
+    fh = size / (1 + 2 * margin)  # the face box's side inside the crop
+    shift = rng.uniform(0.18, 0.4) * fh
+    moved = cv2.warpAffine(np.ascontiguousarray(donor), np.float32([[1, 0, 0], [0, 1, shift]]), (size, size),
+                           borderMode=cv2.BORDER_REPLICATE)
+    rows = np.arange(size, dtype=np.float32)
+    feather = max(0.04 * fh, 0.75)
+    top = face0 + (0.38 + rng.uniform(-0.04, 0.04)) * fh + shift  # where the slid mask starts
+    bottom = face0 + rng.uniform(1.02, 1.12) * fh  # the mask hangs a little below the chin
+    vertical = np.clip(np.minimum(rows - top, bottom - rows) / feather + 0.5, 0, 1)
+    half = rng.uniform(0.38, 0.46) * fh  # half the mask's width
+    horizontal = np.clip((half - np.abs(rows - size / 2)) / feather + 0.5, 0, 1)
+    alpha = (vertical[:, None] * horizontal[None, :])[..., None]
+    return (crop * (1 - alpha) + moved * alpha).astype(np.uint8)
+
+
+class MaskDonors:
+    """The properly masked faces of one street-photo dataset, by size, that lend their masks to
+    ``pull_mask_below_nose``; only unmasked faces of that dataset take one.
+
+    Only a dataset with boxes drawn around faces fits: the paste assumes the crop's geometry
+    (nose and chin at known heights of the box), which whole-picture labels do not have. A donor
+    is drawn among the masked faces closest in size to the face it goes onto (within a factor of
+    two where there are any), so a 12 px street face gets a 12 px mask's blur and JPEG blocks,
+    not an upscaled close-up's.
+    """
+
+    def __init__(self, faces: FaceSet, source: str) -> None:
+        self.source = source
+        masked = np.flatnonzero((faces.sources == source) & (faces.labels == LABELS.index(WITH_MASK)))
+        sides = faces.short_sides[masked]
+        order = np.argsort(sides, kind="stable")
+        self.faces, self.sides = [faces.faces[int(k)] for k in masked[order]], sides[order]
+
+    def takes(self, ref: FaceRef) -> bool:
+        return bool(self.faces) and ref.source == self.source
+
+    def pick(self, ref: FaceRef, rng: np.random.Generator) -> FaceRef:
+        lo, hi = np.searchsorted(self.sides, [ref.short_side / 2, ref.short_side * 2])
+        if hi <= lo:  # no masked face within a factor of two: the nearest in size
+            lo = min(int(np.searchsorted(self.sides, ref.short_side)), len(self.faces) - 1)
+            hi = lo + 1
+        return self.faces[int(rng.integers(lo, hi))]
+
+
 def augmented_batch(faces: FaceSet, indices: np.ndarray, size: int, margin: float,
-                    rng: np.random.Generator, occlusion: float = 0.0) -> np.ndarray:
-    """Model-ready float32 batch of augmented crops for ``indices``; with probability
-    ``occlusion`` an unmasked face gets a hand over its mouth (see ``cover_mouth_with_hand``)."""
+                    rng: np.random.Generator, occlusion: float = 0.0, pulled_mask: float = 0.0,
+                    donors: MaskDonors | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Model-ready float32 batch of augmented crops for ``indices`` and their labels.
+
+    With probability ``occlusion`` an unmasked face gets a hand over its mouth (see
+    ``cover_mouth_with_hand``); with probability ``pulled_mask`` an unmasked face that ``donors`` takes
+    gets a donor's mask below its nose instead and becomes ``mask_incorrect`` (see
+    ``pull_mask_below_nose``; ``donors`` must be given then).
+    """
     batch = np.empty((len(indices), size, size, 3), np.uint8)
+    labels = np.array([faces.faces[int(i)].label for i in indices], dtype=np.int64)
     unmasked = LABELS.index(WITHOUT_MASK)
     for row, i in enumerate(indices):
         ref = faces.faces[int(i)]
         crop = cut_face(faces.images[ref.image], jitter_box(ref.box, rng), size, margin)
-        if occlusion > 0 and ref.label == unmasked and rng.random() < occlusion:
+        if (pulled_mask > 0 and ref.label == unmasked and donors is not None and donors.takes(ref)
+                and rng.random() < pulled_mask):
+            donor = donors.pick(ref, rng)
+            donor_crop = cut_face(faces.images[donor.image], jitter_box(donor.box, rng), size, margin)
+            crop = pull_mask_below_nose(crop, donor_crop, margin, rng)
+            labels[row] = LABELS.index(MASK_INCORRECT)
+        elif occlusion > 0 and ref.label == unmasked and rng.random() < occlusion:
             crop = cover_mouth_with_hand(crop, margin, rng)
         batch[row] = augment_crop(crop, rng)
-    return to_model_input(batch)
+    return to_model_input(batch), labels

@@ -18,11 +18,11 @@ from typing import Callable, Sequence
 import keras
 import numpy as np
 
-from training.datasets import IMFD, MASKON
-from training.faces import FaceSet, augmented_batch
+from training.datasets import IMFD, KAGGLE, MASKON
+from training.faces import FaceSet, MaskDonors, augmented_batch
 from training.recipe import Recipe
 from webapp.vision.classifier import LABELS_FILE
-from webapp.vision.labels import LABELS
+from webapp.vision.labels import LABELS, MASK_INCORRECT
 
 SYNTHETIC_SOURCES = (MASKON, IMFD)  # MaskedFace-Net: masks drawn onto FFHQ portraits
 
@@ -149,13 +149,17 @@ def face_weights(faces: FaceSet, recipe: Recipe) -> np.ndarray:
 class TrainBatches(keras.utils.PyDataset):
     """Augmented batches with one-hot targets and per-face loss weights (``face_weights``);
     with ``balance="sampling"`` every class is drawn equally often. Each (epoch, batch) has its
-    own random generator, so a run is reproducible."""
+    own random generator, so a run is reproducible. A face that the augmentation turns into
+    ``mask_incorrect`` (``recipe.pulled_mask``) weighs what that class's real photos weigh."""
 
     def __init__(self, faces: FaceSet, recipe: Recipe) -> None:
         super().__init__()
         self.faces, self.recipe = faces, recipe
         self.labels = faces.labels
         self.weights = face_weights(faces, recipe)
+        self.donors = MaskDonors(faces, KAGGLE) if recipe.pulled_mask > 0 else None
+        incorrect = (self.labels == LABELS.index(MASK_INCORRECT)) & ~np.isin(faces.sources, SYNTHETIC_SOURCES)
+        self.pulled_weight = float(self.weights[incorrect].mean()) if incorrect.any() else 1.0
         self.steps = int(np.ceil(len(faces) / recipe.batch_size))
         self.epoch = 0
         self.by_class = [np.flatnonzero(self.labels == c) for c in range(len(LABELS))]
@@ -177,8 +181,10 @@ class TrainBatches(keras.utils.PyDataset):
         r = self.recipe
         idx = self._order[i * r.batch_size:(i + 1) * r.batch_size]
         rng = np.random.default_rng((r.seed, self.epoch, i))
-        x = augmented_batch(self.faces, idx, r.size, r.margin, rng, occlusion=r.occlusion)
-        return x, np.eye(len(LABELS), dtype=np.float32)[self.labels[idx]], self.weights[idx]
+        x, labels = augmented_batch(self.faces, idx, r.size, r.margin, rng, occlusion=r.occlusion,
+                                    pulled_mask=r.pulled_mask, donors=self.donors)
+        weights = np.where(labels != self.labels[idx], self.pulled_weight, self.weights[idx]).astype(np.float32)
+        return x, np.eye(len(LABELS), dtype=np.float32)[labels], weights
 
     def on_epoch_end(self) -> None:
         self.epoch += 1

@@ -24,6 +24,7 @@ class Recipe:
     label_smoothing: float = 0.1
     focal_gamma: float = 0.0  # 0: cross-entropy; > 0: focal loss, easy faces weigh (1 - p)^gamma less
     occlusion: float = 0.3  # probability of a synthetic hand over the mouth of an unmasked face
+    pulled_mask: float = 0.0  # probability that an unmasked street face gets a real mask below its nose
     head_epochs: int = 4
     finetune_epochs: int = 16
     finetune_layers: int = 100

@@ -334,7 +334,10 @@ def write_model_card(out: Path) -> None:
         L.append(
             f"- Recipe{f' of {_network_name(r)}' if len(nets) > 1 else ''}: seed {r['seed']}; balance "
             f"`{r['balance']}`; label smoothing {r['label_smoothing']}; hand-over-mouth occlusion on "
-            f"{r['occlusion']:.0%} of unmasked training crops; head {r['head_epochs']} epochs at lr "
+            f"{r['occlusion']:.0%} of unmasked training crops; "
+            + (f"a real mask pasted below the nose of {r['pulled_mask']:.0%} of unmasked kaggle-facemask "
+               "training faces, relabelled `mask_incorrect`; " if r.get("pulled_mask") else "")
+            + f"head {r['head_epochs']} epochs at lr "
             f"{r['head_lr']}, then the top {r['finetune_layers']} backbone layers (BatchNorm frozen) "
             f"{r['finetune_epochs']} epochs at lr {r['finetune_lr']}"
             f"{' decaying to 0 (cosine)' if r.get('finetune_schedule') == 'cosine' else ''}, "
