@@ -258,10 +258,11 @@ def _synthetic_faces(specs):
 
 
 def test_a_pulled_down_mask_covers_mouth_and_chin_and_leaves_the_nose():
-    from training.faces import pull_mask_below_nose
+    from training.faces import face_in_crop, pull_mask_below_nose
 
     size, margin = 140, 0.2
-    face0, fh = size * margin / (1 + 2 * margin), size / (1 + 2 * margin)  # 20 px, 100 px
+    face0, fh = face_in_crop(size, margin)
+    assert (face0, fh) == pytest.approx((20, 100))
     skin = np.full((size, size, 3), 180, np.uint8)
     mask = np.full((size, size, 3), 250, np.uint8)
     for seed in range(20):

@@ -142,6 +142,12 @@ def augment_crop(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
+def face_in_crop(size: int, margin: float) -> tuple[float, float]:
+    """Where the face box lies in a ``cut_face`` crop of side ``size``: its first row/column and
+    its side (the crop is the box grown by ``margin`` of its side on every edge)."""
+    return size * margin / (1 + 2 * margin), size / (1 + 2 * margin)
+
+
 def cover_mouth_with_hand(crop: np.ndarray, margin: float, rng: np.random.Generator) -> np.ndarray:
     """Paint a hand (three or four skin-coloured fingers, shaded, with dark creases between them)
     across the mouth of a face crop.
@@ -152,8 +158,7 @@ def cover_mouth_with_hand(crop: np.ndarray, margin: float, rng: np.random.Genera
     beige mask. Called for unmasked faces only.
     """
     size = crop.shape[0]
-    face0 = size * margin / (1 + 2 * margin)
-    fh = size / (1 + 2 * margin)  # the face box's side inside the crop
+    face0, fh = face_in_crop(size, margin)
     forehead = crop[int(face0 + 0.1 * fh):int(face0 + 0.3 * fh), int(size * 0.4):int(size * 0.6)]
     colour = np.median(forehead.reshape(-1, 3), axis=0) * rng.uniform(0.85, 1.1)
     fingers = int(rng.integers(3, 5))
@@ -195,8 +200,7 @@ def pull_mask_below_nose(crop: np.ndarray, donor: np.ndarray, margin: float,
     neck and background.
     """
     size = crop.shape[0]
-    face0 = size * margin / (1 + 2 * margin)
-    fh = size / (1 + 2 * margin)  # the face box's side inside the crop
+    face0, fh = face_in_crop(size, margin)
     shift = rng.uniform(0.18, 0.4) * fh
     moved = cv2.warpAffine(np.ascontiguousarray(donor), np.float32([[1, 0, 0], [0, 1, shift]]), (size, size),
                            borderMode=cv2.BORDER_REPLICATE)
