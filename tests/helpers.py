@@ -74,13 +74,20 @@ class LiveServer:
     def __init__(self, extra_args=(), env=None, scheme="http") -> None:
         import subprocess
         import sys
+        import tempfile
         self.port = free_port()
         self.url = f"{scheme}://127.0.0.1:{self.port}"
-        self.log = None
+        # The server's output goes to a file, not a pipe: nobody reads a pipe while the test
+        # runs, and a full one would block the server at its next log line.
+        self.log = tempfile.NamedTemporaryFile(prefix=f"maskwatch-{self.port}-", suffix=".log")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "webapp.cli", "serve", "--port", str(self.port), *extra_args],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+            stdout=self.log, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
             env={**os.environ, **(env or {})}, start_new_session=True)
+
+    def output(self) -> str:
+        """What the server printed and logged so far (for failure messages)."""
+        return Path(self.log.name).read_text(errors="replace")
 
     def kill_hard(self) -> None:
         """kill -9 the server and its worker, as a power cut or OOM kill would."""
@@ -93,7 +100,7 @@ class LiveServer:
 
         def status() -> int | None:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.proc.stdout.read()}")
+                raise RuntimeError(f"server exited: {self.output()}")
             try:
                 return requests.get(self.url + "/healthz", timeout=1, verify=verify).status_code
             except requests.RequestException:
@@ -103,12 +110,16 @@ class LiveServer:
         return self
 
     def stop(self) -> str:
+        """Stop the server (SIGTERM, then SIGKILL after 30 s); returns its whole output."""
+        import subprocess
         self.proc.terminate()
         try:
-            out, _ = self.proc.communicate(timeout=30)
-        except Exception:  # noqa: BLE001
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
             self.proc.kill()
-            out, _ = self.proc.communicate()
+            self.proc.wait()
+        out = self.output()
+        self.log.close()
         return out
 
 

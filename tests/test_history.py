@@ -6,6 +6,8 @@ import threading
 from collections import Counter
 from datetime import datetime, timezone
 
+import pytest
+
 from webapp import history as history_module
 from webapp.history import SCHEMA_VERSION, History, database_url
 
@@ -60,4 +62,23 @@ def test_the_outage_buffer_keeps_the_newest_minutes(tmp_path, monkeypatch):
                                                  for i in range(5)})
     history._keep(pending)
     assert sorted(k[0] for k in history._pending) == ["2026-11-27T08:02", "2026-11-27T08:03", "2026-11-27T08:04"]
+    history.close()
+
+
+def test_an_unexpected_error_while_writing_keeps_the_counts(tmp_path, monkeypatch):
+    """Not only an unreachable database: any failed write leaves the counts for the next flush."""
+    history = History(database_url(None, tmp_path / "h.sqlite3"))
+    history.add("detections", "door", "with_mask", 3, ts=1_795_766_400.0)
+    real_upsert = history_module._upsert
+
+    def broken(conn, rows):
+        raise RuntimeError("disk on fire")
+    monkeypatch.setattr(history_module, "_upsert", broken)
+    with pytest.raises(RuntimeError, match="disk on fire"):  # logged by the service's write loop
+        history.flush()
+    assert history.buffered == 1
+    monkeypatch.setattr(history_module, "_upsert", real_upsert)
+    assert history.flush() == 1
+    rows = history.query("minute", since=datetime(2026, 1, 1, tzinfo=timezone.utc))
+    assert sum(r["n"] for r in rows) == 3
     history.close()

@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 # The schema this code writes; ``upgrade`` brings an older database here.
 SCHEMA_VERSION = 1
+# PostgreSQL advisory lock held while the schema is created or upgraded (any fixed number: "mask").
+SCHEMA_LOCK_ID = 0x6D61736B
 # Buffered (minute, camera, label, kind) rows kept while the database is down: about a day of
 # four cameras (1440 minutes x 4 cameras x 3 labels x 2 kinds ~ 35k).
 MAX_BUFFERED_ROWS = 50_000
@@ -108,8 +110,12 @@ def _upgrade(conn) -> None:
     """Create or upgrade the schema to ``SCHEMA_VERSION``, recording it.
 
     Version 0 is a database made before versions were recorded (the SQLite file of earlier
-    releases: same ``counts`` table); it only gains the version row.
+    releases: same ``counts`` table); it only gains the version row. On PostgreSQL, servers
+    that start together take turns (a transaction-scoped advisory lock): otherwise two of them
+    both see no table, both create it, and all but one fail.
     """
+    if conn.dialect.name == "postgresql":
+        conn.execute(select(func.pg_advisory_xact_lock(SCHEMA_LOCK_ID)))
     metadata.create_all(conn, checkfirst=True)
     found = conn.execute(select(schema_version.c.version)).scalar()
     if found is None:
@@ -193,8 +199,10 @@ class History:
             self._ensure_schema()
             with self._write_lock, self.engine.begin() as conn:
                 _upsert(conn, [dict(zip(KEY, key), n=n) for key, n in pending.items()])
-        except SQLAlchemyError as exc:
-            self._keep(pending)
+        except Exception as exc:
+            self._keep(pending)  # whatever failed, the counts are written at a later flush
+            if not isinstance(exc, SQLAlchemyError):
+                raise
             self._went_down(exc)
             return 0
         if self._down:
