@@ -72,6 +72,14 @@ class PostgresServer:
         except psycopg.OperationalError:
             return False
 
+    def create_database(self, name: str) -> str:
+        """A new empty database on this server; returns its URL (the cluster user may use it)."""
+        import psycopg
+        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=maskwatch dbname=postgres",
+                             autocommit=True, connect_timeout=2) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return f"postgresql://maskwatch@127.0.0.1:{self.port}/{name}"
+
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.send_signal(signal.SIGINT)  # fast shutdown: open sessions are cut, as in an outage

@@ -231,11 +231,7 @@ def test_nginx_serves_each_servers_health_and_a_browser_camera_over_tls(building
 def test_servers_starting_together_on_a_new_database_create_its_schema_once(postgres, caplog):
     """Four servers' histories open one empty database at the same moment: none of them fails
     (before the schema lock, all but one saw 'relation "counts" already exists')."""
-    import psycopg
-    admin = f"host=127.0.0.1 port={postgres.port} user=maskwatch dbname=maskwatch"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute("CREATE DATABASE fresh_start")
-    url = postgres.url.rsplit("/", 1)[0] + "/fresh_start"
+    url = postgres.create_database("fresh_start")
     opened, start = [], threading.Barrier(4)
 
     def open_history() -> None:
